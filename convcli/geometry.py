@@ -1,0 +1,191 @@
+"""Pure integer arithmetic of convolution and pooling layers (no numpy).
+
+The lecture's formula for the output length of a CONV layer is (W - F + 2P) / S + 1.
+Everything here is exact: a size that is not an integer raises :class:`ShapeError`
+carrying the fraction, as the lecture's W=10, F=3, P=0, S=2 example (4.5) does.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Literal
+
+from convcli.errors import ShapeError
+
+Padding = int | Literal["same", "valid"]
+
+
+def effective_kernel(kernel: int, dilation: int = 1) -> int:
+    """Extent of a dilated kernel: ``(kernel - 1) * dilation + 1``.
+
+    >>> effective_kernel(3, 2)
+    5
+    """
+    return (kernel - 1) * dilation + 1
+
+
+def same_padding(n: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+    """Padding before and after for Keras' ``padding="same"``.
+
+    The output length is ceil(n / stride); when the total padding is odd the extra
+    row or column goes after (bottom/right), as in Keras and TensorFlow.
+
+    >>> same_padding(5, 3)
+    (1, 1)
+    >>> same_padding(224, 2, 2)
+    (0, 0)
+    >>> same_padding(224, 11, 4)
+    (3, 4)
+    """
+    out = -(-n // stride)
+    total = max((out - 1) * stride + effective_kernel(kernel, dilation) - n, 0)
+    return total // 2, total - total // 2
+
+
+def padding_amounts(
+    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
+) -> tuple[int, int]:
+    """Padding (before, after) for an integer, ``"valid"`` or ``"same"`` padding."""
+    if padding == "same":
+        return same_padding(n, kernel, stride, dilation)
+    if padding == "valid":
+        return 0, 0
+    if isinstance(padding, int) and padding >= 0:
+        return padding, padding
+    raise ShapeError(
+        f"Unknown value for padding. Allowed values are: a non-negative integer, same, valid. "
+        f"Received: padding={padding!r}"
+    )
+
+
+def exact_output_length(
+    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
+) -> Fraction:
+    """The lecture's (W - F + 2P) / S + 1 as an exact fraction (may be non-integer).
+
+    >>> exact_output_length(10, 3, 2)
+    Fraction(9, 2)
+    >>> exact_output_length(227, 11, 4)
+    Fraction(55, 1)
+    """
+    _check_positive(n=n, kernel=kernel, stride=stride, dilation=dilation)
+    before, after = padding_amounts(n, kernel, stride, padding, dilation)
+    return Fraction(n + before + after - effective_kernel(kernel, dilation), stride) + 1
+
+
+def conv_output_length(
+    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
+) -> int:
+    """Output length of a convolution or pooling window sliding over ``n`` positions.
+
+    Raises:
+        ShapeError: when the kernel is larger than the padded input, or when the
+            neurons do not fit (the exact size is not an integer).
+
+    >>> conv_output_length(227, 11, 4)
+    55
+    >>> conv_output_length(10, 3, 2)
+    Traceback (most recent call last):
+    ...
+    convcli.errors.ShapeError: output size (10 - 3 + 2*0)/2 + 1 = 4.5 is not an integer: the neurons do not fit
+    """
+    exact = exact_output_length(n, kernel, stride, padding, dilation)
+    if padding == "same":
+        # "same" pads just enough for ceil(n / stride) windows; trailing input the last
+        # window skips (stride > kernel) is dropped, as in Keras.
+        return -(-n // stride)
+    before, after = padding_amounts(n, kernel, stride, padding, dilation)
+    k = effective_kernel(kernel, dilation)
+    if n + before + after < k:
+        raise ShapeError(
+            f"kernel of size {k} is larger than the padded input of size {n + before + after}"
+        )
+    if exact.denominator != 1:
+        pad_text = f"{before}+{after}" if before != after else f"2*{before}"
+        raise ShapeError(
+            f"output size ({n} - {k} + {pad_text})/{stride} + 1 = {format_fraction(exact)} "
+            "is not an integer: the neurons do not fit"
+        )
+    return int(exact)
+
+
+def floor_output_length(
+    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
+) -> int:
+    """Output length as Keras/PyTorch compute it: the last partial window is dropped."""
+    exact = exact_output_length(n, kernel, stride, padding, dilation)
+    if exact < 1:
+        raise ShapeError(f"kernel of size {effective_kernel(kernel, dilation)} is larger than the input of size {n}")
+    return int(exact.__floor__())
+
+
+def fitting_paddings(n: int, kernel: int, stride: int, limit: int = 3) -> list[int]:
+    """The smallest integer paddings P >= 0 for which (n - kernel + 2P)/stride + 1 is an integer.
+
+    >>> fitting_paddings(10, 3, 3)
+    [1, 4, 7]
+    >>> fitting_paddings(10, 3, 2)  # 7 + 2P is always odd
+    []
+    """
+    found: list[int] = []
+    p = 0
+    while len(found) < limit and p <= n + kernel + 2 * stride:
+        if (n - kernel + 2 * p) % stride == 0 and n - kernel + 2 * p >= 0:
+            found.append(p)
+        p += 1
+    return found
+
+
+def fitting_strides(n: int, kernel: int, padding: int = 0, limit: int = 3) -> list[int]:
+    """Strides S >= 1 for which (n - kernel + 2P)/S + 1 is an integer, nearest first.
+
+    >>> fitting_strides(10, 3)
+    [1, 7]
+    """
+    span = n - kernel + 2 * padding
+    if span < 0:
+        return []
+    if span == 0:
+        return [1]
+    return [s for s in range(1, span + 1) if span % s == 0][:limit]
+
+
+def conv_params(kernel_h: int, kernel_w: int, depth: int, filters: int, bias: bool = True) -> int:
+    """Parameters of a CONV layer with shared weights: K*F*F*D (+ K biases).
+
+    >>> conv_params(11, 11, 3, 96)
+    34944
+    """
+    return filters * kernel_h * kernel_w * depth + (filters if bias else 0)
+
+
+def local_params(
+    out_h: int, out_w: int, kernel_h: int, kernel_w: int, depth: int, filters: int, bias: bool = True
+) -> int:
+    """Parameters of a locally connected layer (no weight sharing): every output neuron
+    has its own F*F*D weights and bias.
+
+    >>> local_params(55, 55, 11, 11, 3, 96)
+    105705600
+    """
+    return out_h * out_w * filters * (kernel_h * kernel_w * depth + (1 if bias else 0))
+
+
+def format_fraction(value: Fraction) -> str:
+    """A fraction as the lecture writes it: ``4.5``, ``55``, or ``8.333...`` for repeating decimals.
+
+    >>> format_fraction(Fraction(9, 2))
+    '4.5'
+    >>> format_fraction(Fraction(25, 3))
+    '8.333'
+    """
+    if value.denominator == 1:
+        return str(value.numerator)
+    text = f"{float(value):.3f}".rstrip("0")
+    return text
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ShapeError(f"{name} must be a positive integer. Received: {name}={value!r}")
