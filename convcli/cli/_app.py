@@ -1,7 +1,9 @@
-"""The command-line interface: the only module that imports typer or rich.
+"""The Typer application, its error boundary and the helpers every command shares.
 
-Heavy modules (scipy, Pillow) are imported inside the commands that need them, so
-``convcli --help``, ``convcli kernels`` and ``convcli shapes`` start fast.
+The ``convcli.cli`` package is the only place that imports typer or rich. Each command
+lives in its own module (``cmd_filter``, ``cmd_shapes``, ...) and registers itself on
+:data:`app`. Heavy modules (scipy, Pillow) are imported inside the commands that need
+them, so ``convcli --help``, ``convcli kernels`` and ``convcli shapes`` start fast.
 """
 
 from __future__ import annotations
@@ -64,40 +66,12 @@ def _root(
     """Image convolution and CNN layer arithmetic, as the lecture teaches them."""
 
 
-# ---------------------------------------------------------------- kernels / explain
+out_console = Console(highlight=False, soft_wrap=True)
 
 
-# (end of kernels / explain)
+def print_json(document: object) -> None:
+    """Print one JSON document on stdout and nothing else (``--json`` everywhere)."""
+    import json
 
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
-# ---------------------------------------------------------------- filter
-
-
-# (end of filter)
-
-
-# ---------------------------------------------------------------- shapes / summary
-
-
-# (end of shapes / summary)
-
-
-# ---------------------------------------------------------------- run
-
-
-# (end of run)
-
-
-# ---------------------------------------------------------------- loss
-
-
-# (end of loss)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except BrokenPipeError:  # e.g. `convcli kernels | head -1`
-        sys.stderr.close()
-        sys.exit(0)
