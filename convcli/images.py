@@ -1,0 +1,542 @@
+"""Every image read and write of convcli, and every dtype rule, in one place.
+
+Pillow and numpy do the work. Pillow is imported inside the functions, never at module
+import, so commands that do not touch images start fast.
+
+Rules (the contract's § filter):
+
+- Pixels are read as float32 ``(H, W, C)`` on the image's own integer scale: 0..255 for
+  8-bit images, 0..65535 for 16-bit ones, raw values for ``.npy`` and float images.
+- Alpha is kept apart and passes through unchanged; it is dropped only when the result no
+  longer has the input's size (``--padding valid``, ``--stride``), since then no pixel of
+  the result corresponds to one of the input.
+- Integer outputs are rounded to nearest, then clipped to the depth's range; ``--abs``
+  takes the absolute value first, ``--rescale`` maps the result's min..max onto the range.
+- ``.npy`` outputs hold the raw float32 result: no rounding, no clipping.
+- Files are written atomically: a temporary file in the destination's folder, then
+  ``os.replace``. An error never leaves a partial file nor touches an existing one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from convcli.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as PILImage
+
+#: Pillow's own decompression-bomb limit: it refuses images over twice
+#: ``PIL.Image.MAX_IMAGE_PIXELS`` (2 * 89,478,485). A literal so that importing this
+#: module does not import Pillow.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+#: ITU-R 601-2 luma weights, the ones Pillow's ``convert("L")`` uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+#: Pillow modes read as they are, with their bit depth and whether the last band is alpha.
+_NATIVE_MODES: dict[str, tuple[int | None, bool]] = {
+    "L": (8, False),
+    "LA": (8, True),
+    "RGB": (8, False),
+    "RGBA": (8, True),
+    "CMYK": (8, False),
+    "I;16": (16, False),
+    "I;16L": (16, False),
+    "I;16B": (16, False),
+    "I;16N": (16, False),
+    "F": (None, False),
+}
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass
+class LoadedImage:
+    """An image as convcli filters it.
+
+    Attributes:
+        data: float32 ``(H, W, C)`` colour (or gray) channels on the image's own scale.
+        alpha: the alpha channel ``(H, W)`` in its stored dtype, or None.
+        mode: the Pillow mode the result is written in ("L", "RGB", "RGBA", "I;16", ...);
+            "npy" for ``.npy`` input.
+        bit_depth: 8, 16, or None for float images and ``.npy``.
+        source: the path or "-" it came from (for messages).
+        format: Pillow's format name of the source ("PNG", "JPEG", ...) or "NPY".
+        squeeze: the source was a 2-D ``.npy`` array (written back as 2-D).
+        info: metadata carried to the output (the ICC profile).
+    """
+
+    data: np.ndarray
+    alpha: np.ndarray | None
+    mode: str
+    bit_depth: int | None
+    source: str = "-"
+    format: str | None = None
+    squeeze: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.data.shape[0]), int(self.data.shape[1])
+
+
+def _label(source: str | Path) -> str:
+    return "stdin" if str(source) == "-" else f"'{source}'"
+
+
+def _read_bytes(source: str | Path) -> bytes:
+    """All bytes of a file or of stdin, with the errors a user can act on."""
+    if str(source) == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise InputError("stdin is empty: expected an image or .npy file on standard input")
+        return data
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"No such file: '{path}'")
+    if path.is_dir():
+        raise InputError(f"'{path}' is a folder, expected an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"Cannot read '{path}': {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(f"'{path}' is empty (0 bytes): expected an image")
+    return data
+
+
+def _load_npy(raw: bytes, source: str | Path) -> LoadedImage:
+    try:
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on bad files
+        raise InputError(f"{_label(source)} is not a valid .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray) or array.ndim not in (2, 3):
+        shape = getattr(array, "shape", None)
+        raise InputError(
+            f".npy input {_label(source)} must be an (H, W) or (H, W, C) array. Received shape {shape}"
+        )
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f".npy input {_label(source)} must hold numbers. Received dtype {array.dtype}"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0 or (array.ndim == 3 and array.shape[2] == 0):
+        raise InputError(f".npy input {_label(source)} is empty: shape {array.shape}")
+    squeeze = array.ndim == 2
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    if squeeze:
+        data = data[:, :, None]
+    return LoadedImage(data, None, "npy", None, str(source), "NPY", squeeze)
+
+
+def _open_pil(raw: bytes, source: str | Path, max_pixels: int | None) -> PILImage.Image:
+    from PIL import Image
+
+    # convcli checks the pixel count itself (below) against --max-pixels; Pillow's global
+    # check would warn, then refuse at a limit the user cannot change from the command line.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except Exception:  # UnidentifiedImageError, or a plugin choking on a bad header
+        raise InputError(
+            f"{_label(source)} is not an image Pillow can read (expected PNG, JPEG, TIFF, "
+            "BMP, WebP, ... or .npy)"
+        ) from None
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        raise InputError(
+            f"{_label(source)} has {width}x{height} = {width * height:,} pixels, over the "
+            f"limit of {max_pixels:,} that guards against decompression bombs; if you trust "
+            f"the file, raise the limit with --max-pixels {width * height} (0 means no limit)"
+        )
+    try:
+        image.load()
+    except Exception as exc:  # truncated data, bad CRC, broken zlib stream, ...
+        raise InputError(
+            f"{_label(source)} is truncated or corrupt: Pillow could not decode it ({exc})"
+        ) from None
+    return image
+
+
+def _normalise_mode(image: PILImage.Image) -> tuple[PILImage.Image, str, int | None, bool]:
+    """Bring rare modes to one convcli filters; returns (image, mode, depth, has_alpha)."""
+    mode = image.mode
+    if mode in _NATIVE_MODES:
+        depth, has_alpha = _NATIVE_MODES[mode]
+        return image, ("I;16" if mode.startswith("I;16") else mode), depth, has_alpha
+    if mode == "I" and image.format == "PNG":
+        # 16-bit grayscale PNG as older Pillow versions open it
+        return image, "I;16", 16, False
+    if mode == "I":
+        return image.convert("F"), "F", None, False
+    if mode == "1":
+        return image.convert("L"), "L", 8, False
+    if mode in ("P", "PA"):
+        # A palette cannot hold filtered values: expand it.
+        with_alpha = mode == "PA" or "transparency" in image.info
+        target = "RGBA" if with_alpha else "RGB"
+        return image.convert(target), target, 8, with_alpha
+    if mode in ("La", "LA"):
+        return image.convert("LA"), "LA", 8, True
+    if mode in ("RGBa", "RGBX"):
+        target = "RGBA" if mode == "RGBa" else "RGB"
+        return image.convert(target), target, 8, target == "RGBA"
+    return image.convert("RGB"), "RGB", 8, False  # YCbCr, LAB, HSV, ...
+
+
+def _luma(data: np.ndarray, mode: str, source: str | Path) -> np.ndarray:
+    channels = data.shape[2]
+    if channels == 1:
+        return data
+    if channels == 3:
+        weights = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+        return (data @ weights)[:, :, None]
+    raise InputError(
+        f"--gray needs a gray or RGB image; {_label(source)} has {channels} channels (mode {mode})"
+    )
+
+
+def read_image(
+    source: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gray: bool = False
+) -> LoadedImage:
+    """Read an image file, ``.npy`` array or stdin (``"-"``) for filtering.
+
+    Args:
+        source: a path, or "-" for stdin. ``.npy`` data is recognised by its content.
+        max_pixels: refuse images with more pixels than this (decompression bombs);
+            None or 0 means no limit.
+        gray: convert colour to one luma channel, 0.299 R + 0.587 G + 0.114 B, in float
+            (no rounding); alpha is kept.
+
+    Returns:
+        The pixels as float32 (H, W, C), alpha apart, and the mode and depth to write back.
+
+    Raises:
+        InputError: missing, empty, truncated or unreadable file; not an image; too many
+            pixels (the message says how to raise the limit with ``--max-pixels``).
+    """
+    raw = _read_bytes(source)
+    if raw.startswith(_NPY_MAGIC):
+        loaded = _load_npy(raw, source)
+    else:
+        if str(source).lower().endswith(".npy"):
+            raise InputError(f"{_label(source)} is not a valid .npy array (bad header)")
+        image = _open_pil(raw, source, max_pixels)
+        fmt = image.format
+        info = {k: image.info[k] for k in ("icc_profile",) if image.info.get(k)}
+        if image.mode == "CMYK" and gray:
+            image = image.convert("RGB")
+        image, mode, depth, has_alpha = _normalise_mode(image)
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        alpha = None
+        if has_alpha:
+            alpha = np.ascontiguousarray(array[:, :, -1])
+            array = array[:, :, :-1]
+        data = array.astype(np.float32)
+        loaded = LoadedImage(data, alpha, mode, depth, str(source), fmt, False, info)
+    if gray and loaded.data.shape[2] != 1:
+        loaded.data = np.ascontiguousarray(_luma(loaded.data, loaded.mode, source))
+        if loaded.mode != "npy":
+            loaded.mode = "LA" if loaded.alpha is not None else "L"
+            loaded.info = {}  # a colour ICC profile does not fit a gray image
+    return loaded
+
+
+def to_unit_float(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image as float32 (H, W, C) in [0, 1] (8-bit / 255, 16-bit / 65535).
+
+    Alpha is not included; ``.npy`` and float images are returned as they are.
+
+    Raises:
+        InputError: as :func:`read_image`.
+    """
+    loaded = read_image(path, max_pixels=max_pixels)
+    if loaded.bit_depth is None:
+        return loaded.data
+    return loaded.data / np.float32(2**loaded.bit_depth - 1)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def output_format(dest: str | Path, format: str | None = None) -> str:
+    """The format to write: "NPY" or a Pillow format name ("PNG", "JPEG", ...).
+
+    ``format`` (a name or an extension, any case: "png", "jpg", "tiff", "npy") wins; else
+    the destination's extension; stdout ("-") defaults to PNG.
+
+    Raises:
+        InputError: unknown format or extension, or a ``format`` that contradicts the
+            destination's extension.
+    """
+    from_ext = None
+    if str(dest) != "-":
+        suffix = Path(dest).suffix.lower()
+        if suffix:
+            from_ext = _format_from_name(suffix, f"the extension of '{dest}'")
+        elif format is None:
+            raise InputError(
+                f"Cannot tell the output format of '{dest}': give it an extension "
+                "(.png, .jpg, .tif, .npy, ...) or use --format"
+            )
+    if format is not None:
+        chosen = _format_from_name(format, "--format")
+        if from_ext is not None and chosen != from_ext:
+            raise InputError(
+                f"--format {format} does not match the extension of '{dest}' ({from_ext})"
+            )
+        return chosen
+    return from_ext or "PNG"
+
+
+def _format_from_name(name: str, what: str) -> str:
+    key = name.lower().lstrip(".")
+    if key == "npy":
+        return "NPY"
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    fmt = extensions.get("." + key)
+    if fmt is None and key.upper() in Image.SAVE:
+        fmt = key.upper()
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(
+            f"Unknown output format for {what}. Allowed values are: png, jpg, tif, bmp, "
+            f"webp, gif, ppm, npy, ... (any format Pillow writes). Received: {name}"
+        )
+    return fmt
+
+
+def extension_for(fmt: str) -> str:
+    """The usual file extension of a format name returned by :func:`output_format`."""
+    if fmt == "NPY":
+        return ".npy"
+    common = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+    if fmt in common:
+        return common[fmt]
+    from PIL import Image
+
+    for ext, name in Image.registered_extensions().items():
+        if name == fmt:
+            return ext
+    return "." + fmt.lower()
+
+
+def _integer_pixels(
+    data: np.ndarray, bit_depth: int, *, rescale: bool, absolute: bool
+) -> np.ndarray:
+    """Round to nearest and clip to 0..2**bit_depth-1 (after --abs / --rescale)."""
+    top = float(2**bit_depth - 1)
+    work = np.array(data, dtype=np.float32, copy=True)
+    if absolute:
+        np.abs(work, out=work)
+    np.nan_to_num(work, copy=False, nan=0.0, posinf=top, neginf=0.0)
+    if rescale:
+        lo, hi = float(work.min()), float(work.max())
+        if hi > lo:
+            work -= np.float32(lo)
+            work *= np.float32(top / (hi - lo))
+        else:
+            work.fill(0.0)
+    np.rint(work, out=work)
+    np.clip(work, 0.0, top, out=work)
+    return work.astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def _npy_values(data: np.ndarray, *, rescale: bool, absolute: bool) -> np.ndarray:
+    work = np.array(data, dtype=np.float32, copy=True)
+    if absolute:
+        np.abs(work, out=work)
+    if rescale:
+        lo, hi = float(np.nanmin(work)), float(np.nanmax(work))
+        if hi > lo:
+            work = (work - np.float32(lo)) / np.float32(hi - lo)
+        else:
+            work.fill(0.0)
+    return work
+
+
+def _pil_image(
+    data: np.ndarray, like: LoadedImage, *, rescale: bool, absolute: bool
+) -> tuple[PILImage.Image, bool]:
+    """The Pillow image to save; also whether the input's alpha had to be dropped."""
+    from PIL import Image
+
+    height, width, channels = data.shape
+    alpha = like.alpha
+    dropped = alpha is not None and alpha.shape != (height, width)
+    if dropped:
+        alpha = None
+    if like.mode == "F" or (like.bit_depth is None and like.mode != "npy"):
+        if channels != 1:
+            raise InputError(f"cannot write a {channels}-channel float image")
+        plane = _npy_values(data[:, :, 0], rescale=rescale, absolute=absolute)
+        return Image.frombytes("F", (width, height), plane.tobytes()), dropped
+
+    depth = like.bit_depth or 8
+    pixels = _integer_pixels(data, depth, rescale=rescale, absolute=absolute)
+    if depth == 16:
+        if channels != 1:
+            raise InputError("16-bit output is supported for one (gray) channel only")
+        return Image.frombytes("I;16", (width, height), pixels.astype("<u2").tobytes()), dropped
+    if like.mode == "CMYK" and channels == 4:
+        mode = "CMYK"
+    else:
+        by_channels = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+        if alpha is not None:
+            pixels = np.dstack([pixels, alpha.astype(np.uint8)])
+        mode = by_channels.get(pixels.shape[2]) if pixels.ndim == 3 else "L"
+        if mode is None:
+            raise InputError(
+                f"cannot write {channels} channels as an image (1 to 4 allowed); write .npy instead"
+            )
+    return Image.frombytes(mode, (width, height), np.ascontiguousarray(pixels).tobytes()), dropped
+
+
+def encode_image(
+    data: np.ndarray,
+    *,
+    like: LoadedImage,
+    fmt: str,
+    rescale: bool = False,
+    absolute: bool = False,
+    compress_level: int = 1,
+) -> tuple[bytes, bool]:
+    """Encode a filter result as file bytes (see :func:`write_image`).
+
+    Returns the bytes and whether the input's alpha was dropped (the size changed).
+    """
+    buffer = io.BytesIO()
+    dropped = _encode_into(
+        buffer, data, like=like, fmt=fmt, rescale=rescale, absolute=absolute,
+        compress_level=compress_level,
+    )
+    return buffer.getvalue(), dropped
+
+
+def _encode_into(
+    stream: BinaryIO,
+    data: np.ndarray,
+    *,
+    like: LoadedImage,
+    fmt: str,
+    rescale: bool,
+    absolute: bool,
+    compress_level: int,
+) -> bool:
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise InputError(f"expected an (H, W) or (H, W, C) result, got shape {data.shape}")
+    if fmt == "NPY":
+        values = _npy_values(data, rescale=rescale, absolute=absolute)
+        if like.squeeze or (like.mode != "npy" and values.shape[2] == 1):
+            values = values[:, :, 0]
+        np.save(stream, values, allow_pickle=False)
+        return like.alpha is not None
+    image, dropped = _pil_image(data, like, rescale=rescale, absolute=absolute)
+    options: dict[str, Any] = {}
+    if fmt == "PNG":
+        if not 0 <= compress_level <= 9:
+            raise InputError(
+                f"Unknown value for compress_level. Allowed values are: 0 to 9. "
+                f"Received: compress_level={compress_level}"
+            )
+        options["compress_level"] = compress_level
+    if like.info.get("icc_profile") and fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
+        options["icc_profile"] = like.info["icc_profile"]
+    try:
+        image.save(stream, format=fmt, **options)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        what = {"I;16": "16-bit grayscale", "F": "32-bit float"}.get(image.mode, image.mode)
+        raise InputError(
+            f"cannot write a {what} image as {fmt} ({exc}); choose a format that holds it "
+            "(PNG or TIFF; .npy for raw values)"
+        ) from None
+    return dropped
+
+
+def write_image(
+    data: np.ndarray,
+    dest: str | Path,
+    *,
+    like: LoadedImage,
+    format: str | None = None,
+    rescale: bool = False,
+    absolute: bool = False,
+    compress_level: int = 1,
+) -> bool:
+    """Write a filter result as an image file, ``.npy``, or to stdout (``"-"``).
+
+    Integer formats: ``absolute`` first, then ``rescale`` (min..max onto the full range),
+    then round to nearest and clip to the input's depth (0..255 or 0..65535); the input's
+    mode is kept and its alpha re-attached when the size still matches. ``.npy``: the raw
+    float32 values (``absolute`` applied; ``rescale`` maps onto 0..1), alpha not included,
+    2-D when the result has one channel. Files are replaced atomically.
+
+    Args:
+        data: the float32 result, (H, W) or (H, W, C).
+        dest: a path or "-" for stdout.
+        like: the input the result came from (mode, depth, alpha).
+        format: format name or extension; default from ``dest``'s extension (PNG for stdout).
+        compress_level: zlib level for PNG, 0..9 (1 is fast; Pillow's default is 6).
+
+    Returns:
+        True when the input's alpha could not be re-attached (the size changed) or is
+        not part of the output (``.npy``).
+
+    Raises:
+        InputError: unknown format, a mode the format cannot hold, a missing folder.
+    """
+    fmt = output_format(dest, format)
+    if str(dest) == "-":
+        payload, dropped = encode_image(
+            data, like=like, fmt=fmt, rescale=rescale, absolute=absolute,
+            compress_level=compress_level,
+        )
+        sys.stdout.buffer.write(payload)
+        sys.stdout.buffer.flush()
+        return dropped
+    path = Path(dest)
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"Output folder '{folder}' does not exist")
+    if path.is_dir():
+        raise InputError(f"Output '{path}' is a folder; use --out-dir to write into a folder")
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            dropped = _encode_into(
+                stream, data, like=like, fmt=fmt, rescale=rescale, absolute=absolute,
+                compress_level=compress_level,
+            )
+        os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give a normal file's mode
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return dropped
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
