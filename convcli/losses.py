@@ -208,7 +208,33 @@ def format_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _as_checked_arrays(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _align(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reconcile two shapes that mean the same samples, else return them unchanged.
+
+    - Keras' rule (``squeeze_or_expand_to_same_rank``): ``(N, 1)`` against ``(N,)`` gives
+      N samples of one value each.
+    - Extra leading axes of size 1 are dropped: ``(1, 3)`` against ``(3,)`` is one sample.
+    """
+    if y.ndim == p.ndim + 1 and y.shape[-1] == 1 and y.shape[:-1] == p.shape:
+        return y, p[..., np.newaxis]
+    if p.ndim == y.ndim + 1 and p.shape[-1] == 1 and p.shape[:-1] == y.shape:
+        return y[..., np.newaxis], p
+    longer, shorter = (y, p) if y.ndim > p.ndim else (p, y)
+    extra = longer.ndim - shorter.ndim
+    if extra and all(n == 1 for n in longer.shape[:extra]) and longer.shape[extra:] == shorter.shape:
+        return y.reshape(longer.shape), p.reshape(longer.shape)
+    return y, p
+
+
+def prepare(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as float64 of one shape, checked: what every loss receives.
+
+    A scalar becomes shape ``(1,)``. ``(N, 1)`` against ``(N,)`` and extra leading axes
+    of size 1 are reconciled (see :func:`_align`); any other difference is an error.
+
+    Raises:
+        InputError: shapes that differ (naming both), no values, NaN or infinity.
+    """
     try:
         y = np.asarray(y_true, dtype=np.float64)
         p = np.asarray(y_pred, dtype=np.float64)
@@ -218,6 +244,8 @@ def _as_checked_arrays(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray
         y = y.reshape(1)
     if p.ndim == 0:
         p = p.reshape(1)
+    if y.shape != p.shape:
+        y, p = _align(y, p)
     if y.shape != p.shape:
         raise InputError(
             "--true and --pred must have the same shape. Received: "
@@ -240,7 +268,7 @@ def per_sample(name: str, y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
         InputError: unknown name, shapes that differ, empty or non-finite values.
     """
     loss = LOSSES[resolve_name(name)]
-    y, p = _as_checked_arrays(y_true, y_pred)
+    y, p = prepare(y_true, y_pred)
     return np.asarray(loss(y, p), dtype=np.float64)
 
 
