@@ -12,7 +12,7 @@ from typing import Literal
 
 from convcli.errors import ShapeError
 
-Padding = int | Literal["same", "valid"]
+Padding = int | tuple[int, int] | Literal["same", "valid"]
 
 
 def effective_kernel(kernel: int, dilation: int = 1) -> int:
@@ -45,15 +45,23 @@ def same_padding(n: int, kernel: int, stride: int = 1, dilation: int = 1) -> tup
 def padding_amounts(
     n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
 ) -> tuple[int, int]:
-    """Padding (before, after) for an integer, ``"valid"`` or ``"same"`` padding."""
-    if padding == "same":
+    """Padding (before, after) for an integer, a ``(before, after)`` pair, ``"valid"`` or ``"same"``.
+
+    >>> padding_amounts(7, 3, padding=(0, 1))
+    (0, 1)
+    """
+    if isinstance(padding, tuple):
+        if len(padding) == 2 and all(isinstance(p, int) and p >= 0 for p in padding):
+            return padding[0], padding[1]
+    elif padding == "same":
         return same_padding(n, kernel, stride, dilation)
-    if padding == "valid":
+    elif padding == "valid":
         return 0, 0
-    if isinstance(padding, int) and padding >= 0:
+    elif isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
         return padding, padding
     raise ShapeError(
-        f"Unknown value for padding. Allowed values are: a non-negative integer, same, valid. "
+        f"Unknown value for padding. Allowed values are: a non-negative integer, a (before, after) "
+        f"pair, same, valid. "
         f"Received: padding={padding!r}"
     )
 
@@ -169,6 +177,28 @@ def local_params(
     105705600
     """
     return out_h * out_w * filters * (kernel_h * kernel_w * depth + (1 if bias else 0))
+
+
+def receptive_field_step(
+    size: int, jump: int, start: Fraction, kernel: int, stride: int = 1,
+    pad_before: int = 0, dilation: int = 1,
+) -> tuple[int, int, Fraction]:
+    """Receptive field after one more window layer, along one axis.
+
+    ``size`` is the receptive field of one neuron of the input (in input-image pixels),
+    ``jump`` the distance in image pixels between neighbouring input neurons, ``start``
+    the image coordinate of the centre of the first input neuron's field. A layer with
+    an (effective) kernel k and stride s gives ``size + (k - 1) * jump``, ``jump * s`` and
+    a first centre shifted by ``((k - 1) / 2 - pad_before) * jump`` (Araujo et al.,
+    "Computing receptive fields of convolutional neural networks", Distill 2019).
+
+    >>> receptive_field_step(1, 1, Fraction(1, 2), 3)  # a 3x3 conv on the image
+    (3, 1, Fraction(3, 2))
+    >>> receptive_field_step(3, 1, Fraction(3, 2), 2, 2)  # then a 2x2/2 pool
+    (4, 2, Fraction(2, 1))
+    """
+    k = effective_kernel(kernel, dilation)
+    return size + (k - 1) * jump, jump * stride, start + (Fraction(k - 1, 2) - pad_before) * jump
 
 
 def format_fraction(value: Fraction) -> str:
