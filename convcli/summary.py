@@ -1,0 +1,350 @@
+"""A model's per-layer arithmetic as plain data (pure Python; only the CLI draws tables).
+
+For every layer: output shape, parameters (shared, and if unshared for conv layers),
+multiply-accumulates, receptive field (size and jump, in input pixels) and activation
+memory (float32 bytes of the layer's output, batch of one). Totals: parameters and their
+float32 size, MACs and FLOPs (2 x MACs), and the peak activation memory (the largest
+input + output pair alive while one layer runs).
+
+>>> from convcli.spec import parse_arrow
+>>> s = summarize(parse_arrow("INPUT(32,32,3) => CONV(8,3,pad=1) => POOL(2) => FC(10)"))
+>>> s.total_params, s.rows[1].receptive_field
+(20714, (4, 4, 2, 2))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from convcli import geometry
+from convcli.errors import ShapeError
+from convcli.layers import Model, Shape
+
+BYTES_PER_FLOAT32 = 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """One layer of the summary."""
+
+    name: str
+    type: str
+    input_shape: Shape
+    output_shape: Shape
+    params: int
+    params_unshared: int | None
+    macs: int
+    receptive_field: tuple[int, int, int, int] | None
+    """(size along height, size along width, jump along height, jump along width) in input
+    pixels; None once every neuron sees the whole input (Flatten, Dense, global pooling)."""
+    activation_bytes: int
+    trainable_params: int = 0
+    """Parameters updated by training (all but BatchNormalization's moving statistics)."""
+    activation: str | None = None
+    """The fused activation (Keras' ``activation=``) or the Activation layer's function."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-ready data (SPEC keys)."""
+        rf: dict[str, Any] | None = None
+        if self.receptive_field is not None:
+            rh, rw, jh, jw = self.receptive_field
+            rf = {"size": [rh, rw], "jump": [jh, jw]}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "params": self.params,
+            "params_unshared": self.params_unshared,
+            "trainable_params": self.trainable_params,
+            "macs": self.macs,
+            "flops": 2 * self.macs,
+            "receptive_field": rf,
+            "activation_bytes": self.activation_bytes,
+            "activation": self.activation,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-layer rows and the model's totals."""
+
+    name: str
+    input_shape: Shape
+    rows: tuple[Row, ...]
+    total_params: int
+    trainable_params: int
+    total_macs: int
+    peak_activation_bytes: int
+
+    @property
+    def non_trainable_params(self) -> int:
+        """BatchNormalization's moving mean and variance, as Keras counts them."""
+        return self.total_params - self.trainable_params
+
+    @property
+    def params_bytes(self) -> int:
+        """Size of the parameters as float32."""
+        return self.total_params * BYTES_PER_FLOAT32
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs counted as 2 per multiply-accumulate."""
+        return 2 * self.total_macs
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.rows[-1].output_shape if self.rows else self.input_shape
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as one JSON-ready document."""
+        return {
+            "model": self.name,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "layers": [row.to_json() for row in self.rows],
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "params_bytes": self.params_bytes,
+            "total_macs": self.total_macs,
+            "total_flops": self.total_flops,
+            "input_bytes": _bytes(self.input_shape),
+            "peak_activation_bytes": self.peak_activation_bytes,
+        }
+
+    CSV_COLUMNS = (
+        "name", "type", "output_shape", "params", "params_unshared", "macs",
+        "receptive_field", "jump", "activation_bytes",
+    )
+
+    def csv_rows(self) -> list[list[str]]:
+        """Rows for CSV export (header first); shapes as ``55x55x96``, empty cells for n/a."""
+        out: list[list[str]] = [list(self.CSV_COLUMNS)]
+        for row in self.rows:
+            rf, jump = "", ""
+            if row.receptive_field is not None:
+                rh, rw, jh, jw = row.receptive_field
+                rf, jump = f"{rh}x{rw}", f"{jh}x{jw}"
+            out.append([
+                row.name, row.type, "x".join(map(str, row.output_shape)), str(row.params),
+                "" if row.params_unshared is None else str(row.params_unshared), str(row.macs),
+                rf, jump, str(row.activation_bytes),
+            ])
+        return out
+
+
+def _bytes(shape: Shape) -> int:
+    total = BYTES_PER_FLOAT32
+    for n in shape:
+        total *= n
+    return total
+
+
+def summarize(model: Model) -> Summary:
+    """Compute the summary of ``model``.
+
+    Raises:
+        ShapeError: at the first layer that does not fit, naming it and the fractional size.
+    """
+    rows: list[Row] = []
+    # receptive field per axis: size, jump, centre of the first neuron's field
+    size = [1, 1]
+    jump = [1, 1]
+    start = [Fraction(1, 2), Fraction(1, 2)]
+    spatial_input = len(model.input_shape) == 3
+    is_global = not spatial_input
+    peak = 0
+    for layer, in_shape, out_shape in model.shapes():
+        if layer.spatial == "global":
+            is_global = True
+        elif layer.spatial == "window" and not is_global:
+            window = layer.window(in_shape)
+            assert window is not None
+            for axis in (0, 1):
+                size[axis], jump[axis], start[axis] = geometry.receptive_field_step(
+                    size[axis], jump[axis], start[axis], window.kernel[axis], window.strides[axis],
+                    window.pad_before[axis], window.dilation[axis],
+                )
+        rf = None if is_global else (size[0], size[1], jump[0], jump[1])
+        trainable = layer.params(in_shape)
+        if layer.type == "BatchNormalization":
+            trainable //= 2  # moving mean and variance are not trained
+        activation = getattr(layer, "activation", None) or getattr(layer, "function", None)
+        row = Row(
+            name=layer.name,
+            type=layer.type,
+            input_shape=in_shape,
+            output_shape=out_shape,
+            params=layer.params(in_shape),
+            params_unshared=layer.params_unshared(in_shape),
+            macs=layer.macs(in_shape),
+            receptive_field=rf,
+            activation_bytes=_bytes(out_shape),
+            trainable_params=trainable,
+            activation=activation,
+        )
+        rows.append(row)
+        peak = max(peak, _bytes(in_shape) + _bytes(out_shape))
+    if not rows:
+        raise ShapeError("the model has no layers")
+    return Summary(
+        name=model.name,
+        input_shape=tuple(model.input_shape),
+        rows=tuple(rows),
+        total_params=sum(r.params for r in rows),
+        trainable_params=sum(r.trainable_params for r in rows),
+        total_macs=sum(r.macs for r in rows),
+        peak_activation_bytes=peak,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# One layer, worked as the lecture does it (`convcli shapes`)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxisWorking:
+    """The output-size formula along one axis, with the numbers substituted."""
+
+    axis: str  # "width" / "height"
+    n: int
+    kernel: int  # effective (dilated) extent
+    stride: int
+    pad_before: int
+    pad_after: int
+    output: int
+    formula: str
+    substituted: str
+
+
+@dataclass(frozen=True)
+class LayerArithmetic:
+    """Everything `convcli shapes` prints for one CONV or POOL layer."""
+
+    kind: str  # "conv" / "pool"
+    input_shape: tuple[int, int, int]
+    kernel: int
+    dilation: int
+    stride: int
+    padding: int | str
+    filters: int
+    width: AxisWorking
+    height: AxisWorking
+    output_shape: tuple[int, int, int]
+    neurons: int
+    weights_per_filter: int
+    params_shared: int
+    params_unshared: int
+    macs: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON document with the SPEC keys (output, neurons, weights_per_filter, params_...)."""
+        h, w, d = self.input_shape
+        oh, ow, od = self.output_shape
+        return {
+            "layer": self.kind,
+            "input": {"height": h, "width": w, "depth": d},
+            "kernel": self.kernel,
+            "effective_kernel": geometry.effective_kernel(self.kernel, self.dilation),
+            "dilation": self.dilation,
+            "stride": self.stride,
+            "padding": {
+                "top": self.height.pad_before, "bottom": self.height.pad_after,
+                "left": self.width.pad_before, "right": self.width.pad_after,
+            },
+            "filters": self.filters if self.kind == "conv" else None,
+            "formula": {"width": self.width.substituted, "height": self.height.substituted},
+            "output": {"height": oh, "width": ow, "depth": od},
+            "neurons": self.neurons,
+            "weights_per_filter": self.weights_per_filter,
+            "bias_per_filter": 1 if self.kind == "conv" else 0,
+            "params_shared": self.params_shared,
+            "params_unshared": self.params_unshared,
+            "macs": self.macs,
+            "flops": 2 * self.macs,
+        }
+
+
+def _axis(axis: str, letter: str, n: int, kernel: int, stride: int, padding: int | str,
+          dilation: int, pool: bool) -> AxisWorking:
+    k = geometry.effective_kernel(kernel, dilation)
+    if padding == "same":
+        before, after = geometry.same_padding(n, kernel, stride, dilation)
+        out = geometry.conv_output_length(n, kernel, stride, "same", dilation)
+        return AxisWorking(
+            axis, n, k, stride, before, after, out,
+            f"ceil({letter}/S)",
+            f"ceil({n}/{stride}) = {out}  (padding {before} before, {after} after, as Keras)",
+        )
+    assert isinstance(padding, int)
+    exact = geometry.exact_output_length(n, kernel, stride, padding, dilation)
+    formula = f"({letter} - F)/S + 1" if pool and padding == 0 else f"({letter} - F + 2P)/S + 1"
+    middle = f"({n} - {k})" if pool and padding == 0 else f"({n} - {k} + 2*{padding})"
+    substituted = f"{middle}/{stride} + 1 = {geometry.format_fraction(exact)}"
+    if n + 2 * padding < k:
+        raise ShapeError(
+            f"the {'window' if pool else 'filter'} of size {k} is larger than the padded {axis} "
+            f"{n + 2 * padding}"
+        )
+    if exact.denominator != 1:
+        paddings = sorted(geometry.fitting_paddings(n, k, stride, limit=n + k), key=lambda p: (abs(p - padding), p))[:3]
+        strides = sorted(geometry.fitting_strides(n, k, padding, limit=n + k), key=lambda s: (abs(s - stride), s))[:3]
+        raise ShapeError(
+            f"{axis}: {substituted} is not an integer: the neurons do not fit. "
+            f"Paddings that fit with S={stride}: {', '.join(map(str, paddings)) or 'none'}; "
+            f"strides that fit with P={padding}: {', '.join(map(str, strides)) or 'none'}; "
+            "or padding same"
+        )
+    return AxisWorking(axis, n, k, stride, padding, padding, int(exact), formula, substituted)
+
+
+def layer_arithmetic(
+    width: int, height: int | None = None, *, kernel: int, stride: int = 1,
+    padding: int | str = 0, depth: int = 3, filters: int = 1, dilation: int = 1, pool: bool = False,
+) -> LayerArithmetic:
+    """The lecture's arithmetic for one CONV (or POOL) layer.
+
+    Raises:
+        ShapeError: a non-positive size, or a fractional output size (with the fraction,
+            and the nearest paddings and strides that fit).
+
+    >>> a = layer_arithmetic(227, kernel=11, stride=4, depth=3, filters=96)
+    >>> a.output_shape, a.neurons, a.params_shared, a.params_unshared
+    ((55, 55, 96), 290400, 34944, 105705600)
+    """
+    height = width if height is None else height
+    for key, value in (("W", width), ("H", height), ("F", kernel), ("S", stride), ("D", depth),
+                       ("K", filters), ("dilation", dilation)):
+        if value < 1:
+            raise ShapeError(f"{key} must be a positive integer. Received: {key}={value}")
+    if isinstance(padding, str):
+        padding = padding.lower()
+        if padding == "valid":
+            padding = 0
+        elif padding != "same":
+            raise ShapeError(
+                f"Unknown value for P. Allowed values are: a non-negative integer, same, valid. Received: P={padding}"
+            )
+    elif padding < 0:
+        raise ShapeError(f"P must be a non-negative integer, same or valid. Received: P={padding}")
+    w_axis = _axis("width", "W", width, kernel, stride, padding, dilation, pool)
+    h_axis = _axis("height", "H", height, kernel, stride, padding, dilation, pool)
+    out_depth = depth if pool else filters
+    neurons = w_axis.output * h_axis.output * out_depth
+    if pool:
+        weights, shared, unshared, macs = 0, 0, 0, 0
+    else:
+        weights = kernel * kernel * depth
+        shared = geometry.conv_params(kernel, kernel, depth, filters)
+        unshared = geometry.local_params(h_axis.output, w_axis.output, kernel, kernel, depth, filters)
+        macs = neurons * weights
+    return LayerArithmetic(
+        kind="pool" if pool else "conv", input_shape=(height, width, depth), kernel=kernel,
+        dilation=dilation, stride=stride, padding=padding, filters=filters, width=w_axis, height=h_axis,
+        output_shape=(h_axis.output, w_axis.output, out_depth), neurons=neurons,
+        weights_per_filter=weights, params_shared=shared, params_unshared=unshared, macs=macs,
+    )
