@@ -1,5 +1,86 @@
-"""`convcli shapes`: the command-line layer over the library core."""
+"""`convcli shapes`: the lecture's arithmetic for one CONV or POOL layer.
+
+Imports only pure-Python core modules (no numpy, scipy or Pillow) so it starts fast.
+"""
 
 from __future__ import annotations
 
-from convcli.cli._app import app  # noqa: F401
+import typer
+
+from convcli.cli._app import app, out_console, print_json
+
+
+def _padding(value: str) -> int | str:
+    text = value.strip().lower()
+    if text in ("same", "valid"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return value  # the core refuses it with the allowed values
+
+
+@app.command("shapes")
+def shapes_command(
+    width: int = typer.Option(..., "--W", metavar="W", help="Input width."),
+    height: int | None = typer.Option(None, "--H", metavar="H", help="Input height (default: W)."),
+    kernel: int = typer.Option(..., "--F", metavar="F", help="Filter (receptive field) or pool size."),
+    stride: int = typer.Option(1, "--S", metavar="S", help="Stride."),
+    padding: str = typer.Option("0", "--P", metavar="P", help="Zero padding per side: an integer, same (Keras) or valid."),
+    depth: int = typer.Option(3, "--D", metavar="D", help="Input depth (channels)."),
+    filters: int = typer.Option(1, "--K", metavar="K", help="Number of filters (output depth of a CONV layer)."),
+    dilation: int = typer.Option(1, "--dilation", metavar="N", help="Dilation rate (1 = none)."),
+    pool: bool = typer.Option(False, "--pool", help="A POOL layer: output depth D, no parameters."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Output size, neurons, parameters and MACs of one CONV or POOL layer, worked out."""
+    from rich.table import Table
+
+    from convcli.summary import layer_arithmetic
+
+    a = layer_arithmetic(
+        width, height, kernel=kernel, stride=stride, padding=_padding(padding), depth=depth,
+        filters=filters, dilation=dilation, pool=pool,
+    )
+    if json_output:
+        print_json(a.to_json())
+        return
+
+    h, w, d = a.input_shape
+    oh, ow, od = a.output_shape
+    k_eff = a.width.kernel
+    pad_text = str(a.padding)
+    if pool:
+        head = f"POOL layer: input {w}x{h}x{d}, window {kernel}x{kernel}, stride {stride}, padding {pad_text}"
+    else:
+        head = (
+            f"CONV layer: input {w}x{h}x{d}, K={filters} filter(s) of {kernel}x{kernel}x{d}, "
+            f"stride {stride}, padding {pad_text}"
+            + (f", dilation {dilation} (covers {k_eff}x{k_eff})" if dilation != 1 else "")
+        )
+    out_console.print(f"[bold]{head}[/]")
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column()
+    table.add_row("output width", f"{a.width.formula} = {a.width.substituted}")
+    table.add_row("output height", f"{a.height.formula} = {a.height.substituted}")
+    table.add_row("output volume", f"{ow} x {oh} x {od}" + ("  (depth D: pooling keeps the depth)" if pool else f"  (depth K = {filters})"))
+    table.add_row("neurons", f"{ow} * {oh} * {od} = {a.neurons:,}")
+    if pool:
+        table.add_row("parameters", "0 (pooling has no weights)")
+        table.add_row("window size", f"{kernel} * {kernel} = {kernel * kernel} values per output (max or average)")
+    else:
+        n_fd = a.weights_per_filter
+        table.add_row("weights per filter", f"F * F * D = {kernel} * {kernel} * {d} = {n_fd:,} (+1 bias)")
+        table.add_row(
+            "parameters, shared", f"K * F * F * D + K = {filters} * {n_fd:,} + {filters} = {a.params_shared:,}"
+        )
+        table.add_row(
+            "parameters, unshared",
+            f"neurons * (F * F * D + 1) = {a.neurons:,} * {n_fd + 1:,} = {a.params_unshared:,}  (locally connected)",
+        )
+        table.add_row(
+            "multiply-accumulates",
+            f"neurons * F * F * D = {a.neurons:,} * {n_fd:,} = {a.macs:,}  ({2 * a.macs:,} FLOPs)",
+        )
+    out_console.print(table)
