@@ -75,7 +75,11 @@ def loss_command(
     out_console.print(f"formula: {escape(info.formula)}")
     out_console.print(f"Keras:   {info.keras}")
     shape = losses.format_shape(tuple(y_true.shape))
-    out_console.print(f"samples: {values.size} (values of shape {shape}; the last axis is one sample)")
+    width = y_true.shape[-1]
+    out_console.print(
+        f"samples: {values.size} (shape {shape}: the last axis holds each sample's "
+        f"{width} value{'s' if width != 1 else ''})"
+    )
     flat = values.reshape(-1)
     if 1 < flat.size <= _MAX_ROWS_SHOWN:
         for index, sample_value in enumerate(flat):
