@@ -54,6 +54,7 @@ __all__ = [
     "builtin_folder",
     "format_number",
     "kernel_folders",
+    "load_matrix_file",
     "parse_matrix",
     "read_kernel_file",
     "resolve_kernel",
@@ -371,6 +372,19 @@ def read_kernel_file(path: Path, *, builtin: bool = False) -> dict[str, Kernel |
     if not items:
         raise KernelError(f"{path}: no kernel defined (expected `name` and `matrix`, or [[kernel]] tables)")
     return items
+
+
+def load_matrix_file(path: Path) -> Kernel:
+    """A bare matrix from a file: a 2-D ``.npy`` array or a plain-text matrix (not TOML).
+
+    Raises:
+        KernelError: unreadable file, wrong shape, non-numeric, ragged, NaN/inf.
+    """
+    if path.suffix.lower() == ".toml":
+        raise KernelError(f"{path}: expected a .npy array or a plain-text matrix, not a .toml kernel file")
+    item = _load_file(path)
+    assert isinstance(item, Kernel)  # only .toml files hold pairs
+    return item
 
 
 def _load_file(path: Path) -> Kernel | GradientPair:
