@@ -29,7 +29,7 @@ def readable_count(n: int) -> str:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ")"
+    return str(tuple(shape))
 
 
 @app.command("summary")
@@ -44,6 +44,7 @@ def summary_command(
 ) -> None:
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
     from rich.markup import escape
+    from rich.measure import Measurement
     from rich.table import Table
 
     from convcli.spec import load_model
@@ -67,9 +68,9 @@ def summary_command(
     table = Table(title=f'Model: "{escape(summary.name)}"', title_justify="left", title_style="bold")
     table.add_column("Layer (type)", no_wrap=True)
     table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right")
-    table.add_column("Unshared #", justify="right")
-    table.add_column("MACs", justify="right")
+    table.add_column("Param #", justify="right", no_wrap=True)
+    table.add_column("Unshared #", justify="right", no_wrap=True)
+    table.add_column("MACs", justify="right", no_wrap=True)
     table.add_column("RF (jump)", justify="right", no_wrap=True)
     table.add_column("Memory", justify="right", no_wrap=True)
     for row in summary.rows:
@@ -79,7 +80,8 @@ def summary_command(
             rh, rw, jh, jw = row.receptive_field
             rf = f"{rh} ({jh})" if (rh, jh) == (rw, jw) else f"{rh}x{rw} ({jh}x{jw})"
         table.add_row(
-            f"{escape(row.name)} ({row.type})",
+            f"{escape(row.name)} ({row.type}"
+            + (f": {row.activation})" if row.type == "Activation" else f" + {row.activation})" if row.activation else ")"),
             _shape(row.output_shape),
             f"{row.params:,}",
             "" if row.params_unshared is None else f"{row.params_unshared:,}",
@@ -87,7 +89,14 @@ def summary_command(
             rf,
             readable_size(row.activation_bytes),
         )
-    out_console.print(table)
+    # never squeeze the numbers: the table takes the width it needs
+    width = Measurement.get(out_console, out_console.options.update_width(1000), table).maximum
+    saved = out_console.width
+    out_console.width = max(width, saved)
+    try:
+        out_console.print(table)
+    finally:
+        out_console.width = saved
     out_console.print(
         f"[bold] Total params:[/] {summary.total_params:,} ({readable_size(summary.params_bytes)})"
     )
