@@ -387,6 +387,8 @@ def read_values(source: str, *, label: str = "values") -> np.ndarray:
         if source.lower().endswith(".npy") or data.startswith(b"\x93NUMPY"):
             return _from_npy_bytes(data, f"{label} ({source})")
         return values_from_bytes(data, label=f"{label} ({source})")
-    if looks_like_file or path.is_dir():
+    if path.is_dir():
+        raise InputError(f"{label}: {source} is a folder; expected a .npy or .csv file or numbers")
+    if looks_like_file:
         raise InputError(f"{label}: no such file: {source}")
     return parse_values(source, label=label)
