@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from convcli.cli._app import app, fail, out_console, print_json
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Per-sample values are listed for humans up to this many samples (all of them in --json).
 _MAX_ROWS_SHOWN = 10
@@ -44,7 +48,7 @@ def loss_command(
     if true == "-" and pred == "-":
         fail("only one of --true and --pred can read stdin (-)")
 
-    def load(source: str, label: str):  # noqa: ANN202 - numpy array
+    def load(source: str, label: str) -> np.ndarray:
         if source == "-":
             return losses.values_from_bytes(sys.stdin.buffer.read(), label=f"{label} (stdin)")
         return losses.read_values(source, label=label)
