@@ -65,13 +65,13 @@ def _list_table(entries: list[LibraryEntry]) -> Any:
     from convcli.kernels import GradientPair
 
     table = Table(title="convcli kernel library", title_justify="left")
-    table.add_column("name", style="bold")
-    table.add_column("size")
-    table.add_column("scale")
-    table.add_column("description")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("size", no_wrap=True)
+    table.add_column("scale", no_wrap=True)
+    table.add_column("description", ratio=1)
     show_origin = any(not e.item.builtin for e in entries)
     if show_origin:
-        table.add_column("from")
+        table.add_column("from", no_wrap=True)
     for entry in entries:
         item = entry.item
         if isinstance(item, GradientPair):
