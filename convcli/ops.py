@@ -1,0 +1,673 @@
+"""The forward computations of every layer: pure numpy on float32, channels-last batches.
+
+Images are batches ``(N, H, W, C)``, flat activations ``(N, units)``. Parameters come in
+Keras layouts: a conv kernel is ``(F_h, F_w, C, K)``, a dense kernel ``(in, out)``, a
+locally connected kernel ``(out_h * out_w, F_h * F_w * C, K)``.
+
+Convolution is the lecture's "lay the filter on the image, multiply, sum" done for every
+output neuron at once: the windows of the zero-padded batch are copied into one matrix
+(im2col, one row per output neuron, columns in the kernel's ``(f_h, f_w, c)`` order) and
+multiplied by the ``(F_h * F_w * C, K)`` kernel matrix in one BLAS call; the bias and the
+activation are applied in place while the result is still in cache. Large batches are
+processed in chunks so the im2col buffer never exceeds :data:`IM2COL_BUDGET_BYTES`,
+whatever the batch size. No Python loop runs over output positions: the only loops are
+over chunks and, for pooling, over the few offsets inside one window.
+
+>>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+>>> conv2d(x, np.ones((3, 3, 1, 1), np.float32))[0, :, :, 0]
+array([[45., 54.],
+       [81., 90.]], dtype=float32)
+>>> max_pool2d(x, (2, 2))[0, :, :, 0]
+array([[ 5.,  7.],
+       [13., 15.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from convcli import geometry
+from convcli.errors import ModelError, ShapeError
+
+__all__ = [
+    "ACTIVATIONS",
+    "CHUNK_BYTES",
+    "IM2COL_BUDGET_BYTES",
+    "activate",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "dense",
+    "dropout",
+    "elu",
+    "flatten",
+    "global_avg_pool2d",
+    "global_max_pool2d",
+    "leaky_relu",
+    "locally_connected2d",
+    "max_pool2d",
+    "relu",
+    "resolve_padding",
+    "sigmoid",
+    "softmax",
+    "tanh",
+    "zero_pad2d",
+]
+
+IM2COL_BUDGET_BYTES = 256 * 2**20
+"""Hard upper bound on the im2col buffer of one layer call (256 MiB), whatever the batch."""
+
+CHUNK_BYTES = 32 * 2**20
+"""The im2col chunk actually used by default (32 MiB). Measured on the benchmark layers
+(benchmarks/forward.py): chunks of 16-64 MiB are as fast as one huge matrix (BLAS is at
+full speed from a few thousand rows; the smaller buffer stays warm in cache) and keep the
+peak memory near input + output; below ~8 MiB the per-call BLAS overhead shows."""
+
+Padding = Literal["valid", "same"] | int | tuple[int, int, int, int]
+Pair = tuple[int, int]
+
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "softmax")
+"""Activation names :func:`activate` accepts (``None`` is the same as ``linear``)."""
+
+_F32 = np.float32
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def _batch(x: np.ndarray, ndim: int, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array with ``ndim`` dimensions (no copy when it is one)."""
+    arr = np.ascontiguousarray(x, dtype=_F32)
+    if arr.ndim != ndim:
+        layout = "(N, H, W, C)" if ndim == 4 else "(N, units)"
+        raise ShapeError(
+            f"{what} needs a batch of shape {layout}. Received: an array of shape {arr.shape}"
+        )
+    return arr
+
+
+def _pair(value: int | tuple[int, int] | None, default: Pair, what: str) -> Pair:
+    if value is None:
+        return default
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    else:
+        pair = (int(value[0]), int(value[1]))
+    if pair[0] < 1 or pair[1] < 1:
+        raise ShapeError(f"`{what}` must be positive integers. Received: {what}={value!r}")
+    return pair
+
+
+def resolve_padding(
+    size: Pair, kernel: Pair, strides: Pair, padding: Padding, dilation: Pair = (1, 1)
+) -> tuple[int, int, int, int]:
+    """Padding ``(top, bottom, left, right)`` for ``"valid"``, ``"same"`` (Keras: the extra
+    row/column at the bottom/right), one integer P (P on every side) or four integers.
+
+    >>> resolve_padding((224, 224), (11, 11), (4, 4), "same")
+    (3, 4, 3, 4)
+    """
+    if isinstance(padding, tuple):
+        if len(padding) != 4 or any(int(p) < 0 for p in padding):
+            raise ShapeError(
+                "Unknown value for `padding`. Allowed values are: valid, same, a non-negative "
+                f"integer, (top, bottom, left, right). Received: padding={padding!r}"
+            )
+        top, bottom, left, right = (int(p) for p in padding)
+        return top, bottom, left, right
+    top, bottom = geometry.padding_amounts(size[0], kernel[0], strides[0], padding, dilation[0])
+    left, right = geometry.padding_amounts(size[1], kernel[1], strides[1], padding, dilation[1])
+    return top, bottom, left, right
+
+
+def _out_length(n: int, kernel: int, stride: int, what: str) -> int:
+    """Windows of ``kernel`` at ``stride`` inside ``n`` (the last partial window is dropped,
+    as in Keras and PyTorch)."""
+    if n < kernel:
+        raise ShapeError(f"{what}: the window of size {kernel} is larger than the (padded) input of size {n}")
+    return (n - kernel) // stride + 1
+
+
+def _chunks(
+    n_samples: int, out_rows: int, row_bytes: int, chunk_bytes: int
+) -> tuple[int, int]:
+    """(samples per chunk, output rows per chunk) so one chunk's im2col fits ``chunk_bytes``.
+
+    Whole samples when one sample fits, else blocks of output rows of one sample (at least
+    one row: a single output row wider than the budget is processed on its own).
+    """
+    per_sample = max(out_rows * row_bytes, 1)
+    if per_sample <= chunk_bytes:
+        return max(1, min(n_samples, chunk_bytes // per_sample)), out_rows
+    return 1, max(1, min(out_rows, chunk_bytes // max(row_bytes, 1)))
+
+
+def _chunk_budget(chunk_bytes: int | None) -> int:
+    if chunk_bytes is None:
+        return min(CHUNK_BYTES, IM2COL_BUDGET_BYTES)
+    if chunk_bytes < 1:
+        raise ShapeError(f"`chunk_bytes` must be positive. Received: chunk_bytes={chunk_bytes}")
+    return min(int(chunk_bytes), IM2COL_BUDGET_BYTES)
+
+
+class _PaddedGroups:
+    """Zero-padded copies of consecutive sample groups, reusing one buffer.
+
+    The border of the buffer is written once (zeros, or ``fill``) and never touched again;
+    each group only overwrites the interior. Without padding the groups are views of ``x``.
+    """
+
+    def __init__(self, x: np.ndarray, pads: tuple[int, int, int, int], group: int, fill: float = 0.0):
+        self.x = x
+        self.pads = pads
+        n, h, w, c = x.shape
+        top, bottom, left, right = pads
+        self.padded = any(pads)
+        if self.padded:
+            self.buffer = np.full((min(group, n), h + top + bottom, w + left + right, c), fill, _F32)
+
+    def get(self, n0: int, n1: int) -> np.ndarray:
+        if not self.padded:
+            return self.x[n0:n1]
+        top, _, left, _ = self.pads
+        _, h, w, _ = self.x.shape
+        buf = self.buffer[: n1 - n0]
+        buf[:, top : top + h, left : left + w, :] = self.x[n0:n1]
+        return buf
+
+
+# --------------------------------------------------------------------------------------
+# Activations (in place when asked: the fused `activation=` of Conv2D/Dense/Local)
+# --------------------------------------------------------------------------------------
+
+
+def relu(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """max(0, z), the lecture's ReLU."""
+    return np.maximum(x, _F32(0), out=out)
+
+
+def leaky_relu(x: np.ndarray, alpha: float = 0.3, *, out: np.ndarray | None = None) -> np.ndarray:
+    """z for z > 0, alpha*z otherwise (the lecture's example uses alpha = 0.005; Keras'
+    LeakyReLU layer defaults to 0.3)."""
+    a = _F32(alpha)
+    negative = np.multiply(x, a)
+    if 0.0 <= alpha <= 1.0:
+        return np.maximum(x, negative, out=out)  # max(z, a*z) is leaky ReLU for 0 <= a <= 1
+    result = np.where(x > 0, x, negative)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def sigmoid(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + e^-z), computed without overflow (scipy.special.expit)."""
+    from scipy.special import expit
+
+    return expit(x, out=out) if out is not None else expit(x).astype(_F32, copy=False)
+
+
+def tanh(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """The hyperbolic tangent."""
+    return np.tanh(x, out=out)
+
+
+def elu(x: np.ndarray, alpha: float = 1.0, *, out: np.ndarray | None = None) -> np.ndarray:
+    """z for z > 0, alpha*(e^z - 1) otherwise (Keras ELU, alpha 1.0 by default)."""
+    negative = np.expm1(np.minimum(x, _F32(0)))
+    negative *= _F32(alpha)
+    result = np.maximum(x, _F32(0), out=out)
+    result += negative
+    return result
+
+
+def softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis, numerically stable (the row maximum is subtracted first,
+    so logits of 1e4 or -1e4 give exact probabilities instead of inf/nan)."""
+    with np.errstate(over="ignore"):  # z - max can only overflow to -inf, whose exp is 0
+        result = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(result, out=result)
+    result /= result.sum(axis=-1, keepdims=True)
+    return result
+
+
+def activate(
+    x: np.ndarray, name: str | None, alpha: float | None = None, *, inplace: bool = False
+) -> np.ndarray:
+    """Apply the activation ``name`` (``None``/``"linear"``: identity); in place if asked.
+
+    ``alpha`` is the negative slope of ``leaky_relu`` (default 0.3) or the scale of
+    ``elu`` (default 1.0). Raises ModelError for an unknown name.
+    """
+    out = x if inplace else None
+    if name is None or name == "linear":
+        return x
+    if name == "relu":
+        return relu(x, out=out)
+    if name == "leaky_relu":
+        return leaky_relu(x, 0.3 if alpha is None else alpha, out=out)
+    if name == "sigmoid":
+        return sigmoid(x, out=out)
+    if name == "tanh":
+        return tanh(x, out=out)
+    if name == "elu":
+        return elu(x, 1.0 if alpha is None else alpha, out=out)
+    if name == "softmax":
+        return softmax(x, out=out)
+    raise ModelError(
+        f"Unknown value for `activation`. Allowed values are: {', '.join(ACTIVATIONS)}. "
+        f"Received: activation={name}"
+    )
+
+
+def _finish(block: np.ndarray, bias: np.ndarray | None, activation: str | None, alpha: float | None) -> None:
+    """Bias and activation, in place, on a freshly computed output block."""
+    if bias is not None:
+        block += bias
+    if activation is not None and activation != "linear":
+        activate(block, activation, alpha, inplace=True)
+
+
+# --------------------------------------------------------------------------------------
+# Convolution and locally connected layers
+# --------------------------------------------------------------------------------------
+
+
+def _windows(
+    xp: np.ndarray, kernel: Pair, strides: Pair, dilation: Pair, out_hw: Pair, channel_last: bool = True
+) -> np.ndarray:
+    """A read-only strided view of every window of the padded batch ``xp``.
+
+    ``channel_last`` True: shape ``(n, OH, OW, F_h, F_w * C)`` when the width is not
+    dilated (each window row is then one contiguous run of F_w*C floats, the fastest
+    layout to copy), else ``(n, OH, OW, F_h, F_w, C)``. Both flatten to the kernel's
+    ``(f_h, f_w, c)`` column order. ``channel_last`` False (single channel only):
+    ``(F_h, F_w, n, OH, OW)``, the transposed im2col.
+    """
+    n, hp, wp, c = xp.shape
+    fh, fw = kernel
+    sh, sw = strides
+    dh, dw = dilation
+    oh, ow = out_hw
+    eh, ew = geometry.effective_kernel(fh, dh), geometry.effective_kernel(fw, dw)
+    if channel_last and dw == 1:
+        flat = xp.reshape(n, hp, wp * c)
+        view = sliding_window_view(flat, (eh, fw * c), axis=(1, 2))
+        return view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw * c + 1 : sw * c, ::dh, :]
+    view = sliding_window_view(xp, (eh, ew), axis=(1, 2))  # (n, ., ., C, eh, ew)
+    view = view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, :, ::dh, ::dw]
+    if channel_last:
+        return view.transpose(0, 1, 2, 4, 5, 3)
+    return view[:, :, :, 0].transpose(3, 4, 0, 1, 2)
+
+
+def _conv_geometry(
+    x: np.ndarray, kernel_hw: Pair, strides: Pair, padding: Padding, dilation: Pair, what: str
+) -> tuple[tuple[int, int, int, int], int, int]:
+    _, h, w, _ = x.shape
+    pads = resolve_padding((h, w), kernel_hw, strides, padding, dilation)
+    top, bottom, left, right = pads
+    oh = _out_length(h + top + bottom, geometry.effective_kernel(kernel_hw[0], dilation[0]), strides[0], what + " height")
+    ow = _out_length(w + left + right, geometry.effective_kernel(kernel_hw[1], dilation[1]), strides[1], what + " width")
+    return pads, oh, ow
+
+
+def conv2d(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: int | Pair = 1,
+    padding: Padding = "valid",
+    dilation: int | Pair = 1,
+    activation: str | None = None,
+    alpha: float | None = None,
+    chunk_bytes: int | None = None,
+) -> np.ndarray:
+    """2-D convolution (cross-correlation, as Keras and the lecture: no kernel flip).
+
+    Args:
+        x: batch (N, H, W, C), float32.
+        kernel: (F_h, F_w, C, K), Keras layout.
+        bias: (K,) or None.
+        strides, dilation: one integer or (vertical, horizontal).
+        padding: "valid", "same" (Keras: extra row/column at the bottom/right), an
+            integer P (zeros on every side, the lecture's P) or (top, bottom, left, right).
+        activation, alpha: fused activation (Keras' ``activation=``), see :func:`activate`.
+        chunk_bytes: im2col buffer size per chunk (default :data:`CHUNK_BYTES`, never
+            more than :data:`IM2COL_BUDGET_BYTES`).
+
+    Returns:
+        float32 (N, OH, OW, K), OH = floor((H + top + bottom - eff_F) / S) + 1.
+
+    Raises:
+        ShapeError: kernel depth differs from the input depth, or the window does not fit.
+
+    >>> x = np.zeros((1, 5, 5, 1), np.float32); x[0, 2, 2, 0] = 1
+    >>> conv2d(x, np.ones((3, 3, 1, 2), np.float32), np.array([0, 10], np.float32),
+    ...        padding="same").shape
+    (1, 5, 5, 2)
+    """
+    x = _batch(x, 4, "conv2d")
+    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    if kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ShapeError(
+            f"conv2d: the kernel must be (F_h, F_w, {x.shape[3]}, K) for an input of depth "
+            f"{x.shape[3]}. Received: kernel shape {kernel.shape}"
+        )
+    fh, fw, c, k = kernel.shape
+    strides_ = _pair(strides, (1, 1), "strides")
+    dilation_ = _pair(dilation, (1, 1), "dilation")
+    bias_ = _bias(bias, (k,), "conv2d")
+    pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, padding, dilation_, "conv2d")
+    n = x.shape[0]
+    out = np.empty((n, oh, ow, k), _F32)
+    out_rows = out.reshape(n * oh * ow, k)  # one row per output neuron (a view)
+    weights = kernel.reshape(fh * fw * c, k)
+
+    if fh == fw == 1 and strides_ == (1, 1) and not any(pads):
+        # 1x1 convolution: the input already is the im2col matrix.
+        flat_out = out.reshape(-1, k)
+        np.matmul(x.reshape(-1, c), weights, out=flat_out)
+        _finish(flat_out, bias_, activation, alpha)
+        return out
+
+    # A single input channel: copy the transposed im2col (F_h*F_w, M), whose rows are long
+    # contiguous runs of the image, then let BLAS read it transposed. With C = 1 the
+    # channels-last rows are only F_w floats long and copying them is 3x slower.
+    transposed = c == 1
+    cols_per_row = fh * fw * c
+    samples, rows = _chunks(n, oh, ow * cols_per_row * 4, _chunk_budget(chunk_bytes))
+    buffer = np.empty(samples * rows * ow * cols_per_row, _F32)
+    groups = _PaddedGroups(x, pads, samples)
+    for n0 in range(0, n, samples):
+        n1 = min(n, n0 + samples)
+        xp = groups.get(n0, n1)
+        view = _windows(xp, (fh, fw), strides_, dilation_, (oh, ow), channel_last=not transposed)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            m = (n1 - n0) * (r1 - r0) * ow
+            if transposed:
+                part = view[:, :, :, r0:r1]
+                cols = buffer[: m * cols_per_row].reshape(cols_per_row, m)
+                np.copyto(cols.reshape(part.shape), part)
+                matrix = cols.T
+            else:
+                part = view[:, r0:r1]
+                matrix = buffer[: m * cols_per_row].reshape(m, cols_per_row)
+                np.copyto(matrix.reshape(part.shape), part)
+            start = (n0 * oh + r0) * ow  # whole samples, or rows of one sample: contiguous
+            block = out_rows[start : start + m]
+            np.matmul(matrix, weights, out=block)
+            _finish(block, bias_, activation, alpha)
+    return out
+
+
+def _bias(bias: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    if bias is None:
+        return None
+    arr = np.ascontiguousarray(bias, dtype=_F32)
+    if arr.shape != shape:
+        raise ShapeError(f"{what}: the bias must have shape {shape}. Received: bias shape {arr.shape}")
+    return arr
+
+
+def locally_connected2d(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    kernel_size: int | Pair,
+    strides: int | Pair = 1,
+    activation: str | None = None,
+    alpha: float | None = None,
+    chunk_bytes: int | None = None,
+) -> np.ndarray:
+    """Locally connected layer (Keras ``LocallyConnected2D``, valid padding): a convolution
+    whose every output position has its own weights, the lecture's unshared variant.
+
+    Args:
+        x: batch (N, H, W, C).
+        kernel: (OH * OW, F_h * F_w * C, K), positions in row-major order, each position's
+            weights in (f_h, f_w, c) order (Keras' layout).
+        bias: (OH, OW, K) or None.
+
+    Returns:
+        float32 (N, OH, OW, K).
+
+    The windows are gathered as for :func:`conv2d`; one batched matmul (one small GEMM per
+    output position, over the whole chunk of samples) applies the unshared weights.
+    """
+    x = _batch(x, 4, "locally_connected2d")
+    fh, fw = _pair(kernel_size, (1, 1), "kernel_size")
+    strides_ = _pair(strides, (1, 1), "strides")
+    n, h, w, c = x.shape
+    pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, "valid", (1, 1), "locally_connected2d")
+    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    if kernel.ndim != 3 or kernel.shape[:2] != (oh * ow, fh * fw * c):
+        raise ShapeError(
+            f"locally_connected2d: the kernel must be ({oh * ow}, {fh * fw * c}, K) for input "
+            f"{h}x{w}x{c}. Received: kernel shape {kernel.shape}"
+        )
+    k = kernel.shape[2]
+    bias_ = _bias(bias, (oh, ow, k), "locally_connected2d")
+    cols_per_row = fh * fw * c
+    samples, rows = _chunks(n, oh, ow * cols_per_row * 4, _chunk_budget(chunk_bytes))
+    buffer = np.empty(samples * rows * ow * cols_per_row, _F32)
+    out = np.empty((n, oh, ow, k), _F32)
+    positions = kernel.reshape(oh, ow, cols_per_row, k)
+    for n0 in range(0, n, samples):
+        n1 = min(n, n0 + samples)
+        view = _windows(x[n0:n1], (fh, fw), strides_, (1, 1), (oh, ow))
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            g, p = n1 - n0, (r1 - r0) * ow
+            part = view[:, r0:r1]
+            cols = buffer[: g * p * cols_per_row].reshape(g, p, cols_per_row)
+            np.copyto(cols.reshape(part.shape), part)
+            # (p, g, FFC) @ (p, FFC, K) -> (p, g, K): one product per output position.
+            result = np.matmul(cols.transpose(1, 0, 2), positions[r0:r1].reshape(p, cols_per_row, k))
+            block = out[n0:n1, r0:r1]
+            block[...] = result.reshape(r1 - r0, ow, g, k).transpose(2, 0, 1, 3)
+            if bias_ is not None:
+                block += bias_[r0:r1]
+            if activation is not None and activation != "linear":
+                activate(block, activation, alpha, inplace=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------
+
+
+def _pool_geometry(
+    x: np.ndarray, pool_size: Pair, strides: Pair, padding: Literal["valid", "same"], what: str
+) -> tuple[tuple[int, int, int, int], int, int]:
+    if padding not in ("valid", "same"):
+        raise ShapeError(
+            f"Unknown value for `padding`. Allowed values are: valid, same. Received: padding={padding!r}"
+        )
+    _, h, w, _ = x.shape
+    if padding == "same":
+        top, bottom = geometry.same_padding(h, pool_size[0], strides[0])
+        left, right = geometry.same_padding(w, pool_size[1], strides[1])
+        return (top, bottom, left, right), -(-h // strides[0]), -(-w // strides[1])
+    oh = _out_length(h, pool_size[0], strides[0], what + " height")
+    ow = _out_length(w, pool_size[1], strides[1], what + " width")
+    return (0, 0, 0, 0), oh, ow
+
+
+def _offsets(xp: np.ndarray, pool_size: Pair, strides: Pair, out_hw: Pair) -> Iterator[np.ndarray]:
+    """The strided slice of ``xp`` seen by each offset (i, j) inside the window: combining
+    these F_h*F_w slices element-wise pools every output position at once."""
+    (ph, pw), (sh, sw), (oh, ow) = pool_size, strides, out_hw
+    for i in range(ph):
+        for j in range(pw):
+            yield xp[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
+
+
+def _pool_args(x: np.ndarray, pool_size: int | Pair, strides: int | Pair | None, what: str) -> tuple[np.ndarray, Pair, Pair]:
+    x = _batch(x, 4, what)
+    size = _pair(pool_size, (2, 2), "pool_size")
+    return x, size, _pair(strides, size, "strides")
+
+
+def max_pool2d(
+    x: np.ndarray,
+    pool_size: int | Pair = 2,
+    strides: int | Pair | None = None,
+    padding: Literal["valid", "same"] = "valid",
+) -> np.ndarray:
+    """Max pooling (the lecture's POOL): each output is the maximum of its window; strides
+    default to the pool size (Keras). "same" pads with -inf, so padding never wins.
+
+    >>> max_pool2d(np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1), 2, 2, "same")[0, ..., 0]
+    array([[4., 5.],
+           [7., 8.]], dtype=float32)
+    """
+    x, size, strides_ = _pool_args(x, pool_size, strides, "max_pool2d")
+    pads, oh, ow = _pool_geometry(x, size, strides_, padding, "max_pool2d")
+    xp = _PaddedGroups(x, pads, x.shape[0], fill=-np.inf).get(0, x.shape[0])
+    slices = _offsets(xp, size, strides_, (oh, ow))
+    out = np.array(next(slices), dtype=_F32, copy=True, order="C")
+    for part in slices:
+        np.maximum(out, part, out=out)
+    return out
+
+
+def avg_pool2d(
+    x: np.ndarray,
+    pool_size: int | Pair = 2,
+    strides: int | Pair | None = None,
+    padding: Literal["valid", "same"] = "valid",
+) -> np.ndarray:
+    """Average pooling; strides default to the pool size. With "same", each output is the
+    mean of the REAL pixels under its window (Keras/TensorFlow: padding is not counted).
+
+    >>> avg_pool2d(np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1), 2, 2, "same")[0, ..., 0]
+    array([[2. , 3.5],
+           [6.5, 8. ]], dtype=float32)
+    """
+    x, size, strides_ = _pool_args(x, pool_size, strides, "avg_pool2d")
+    pads, oh, ow = _pool_geometry(x, size, strides_, padding, "avg_pool2d")
+    xp = _PaddedGroups(x, pads, x.shape[0]).get(0, x.shape[0])
+    slices = _offsets(xp, size, strides_, (oh, ow))
+    out = np.array(next(slices), dtype=_F32, copy=True, order="C")
+    for part in slices:
+        out += part
+    if any(pads):
+        _, h, w, _ = x.shape
+        counts = np.outer(
+            _real_counts(h, size[0], strides_[0], pads[0], oh),
+            _real_counts(w, size[1], strides_[1], pads[2], ow),
+        ).astype(_F32)
+        out /= counts[None, :, :, None]
+    else:
+        out *= _F32(1.0 / (size[0] * size[1]))
+    return out
+
+
+def _real_counts(n: int, size: int, stride: int, before: int, out: int) -> np.ndarray:
+    """Per output index, how many real (not padded) input positions its window covers."""
+    start = np.arange(out) * stride - before
+    return np.minimum(start + size, n) - np.maximum(start, 0)
+
+
+def global_avg_pool2d(x: np.ndarray) -> np.ndarray:
+    """Mean over height and width: (N, H, W, C) -> (N, C)."""
+    x = _batch(x, 4, "global_avg_pool2d")
+    return x.mean(axis=(1, 2), dtype=_F32)
+
+
+def global_max_pool2d(x: np.ndarray) -> np.ndarray:
+    """Maximum over height and width: (N, H, W, C) -> (N, C)."""
+    x = _batch(x, 4, "global_max_pool2d")
+    return x.max(axis=(1, 2))
+
+
+def zero_pad2d(x: np.ndarray, padding: tuple[int, int, int, int]) -> np.ndarray:
+    """Zeros around every image: ``padding`` is (top, bottom, left, right)."""
+    x = _batch(x, 4, "zero_pad2d")
+    return _PaddedGroups(x, tuple(int(p) for p in padding), x.shape[0]).get(0, x.shape[0])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# Flat layers
+# --------------------------------------------------------------------------------------
+
+
+def flatten(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, H*W*C) in channels-last order (Keras' Flatten); a view."""
+    x = np.ascontiguousarray(x, dtype=_F32)
+    return x.reshape(x.shape[0], -1)
+
+
+def dense(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    activation: str | None = None,
+    alpha: float | None = None,
+) -> np.ndarray:
+    """Fully connected layer: x @ kernel + bias, then the fused activation.
+
+    Args:
+        x: (N, in). kernel: (in, out). bias: (out,) or None.
+    """
+    x = _batch(x, 2, "dense")
+    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    if kernel.ndim != 2 or kernel.shape[0] != x.shape[1]:
+        raise ShapeError(
+            f"dense: the kernel must be ({x.shape[1]}, units) for {x.shape[1]} inputs. "
+            f"Received: kernel shape {kernel.shape}"
+        )
+    out = np.matmul(x, kernel)
+    _finish(out, _bias(bias, (kernel.shape[1],), "dense"), activation, alpha)
+    return out
+
+
+def batch_norm(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    moving_mean: np.ndarray,
+    moving_variance: np.ndarray,
+    epsilon: float = 1e-3,
+) -> np.ndarray:
+    """Batch normalisation at inference (Keras): gamma * (x - mean) / sqrt(var + eps) + beta
+    over the last axis, folded into one scale and one shift."""
+    x = np.ascontiguousarray(x, dtype=_F32)
+    d = x.shape[-1]
+    params = [np.asarray(p, dtype=np.float64) for p in (gamma, beta, moving_mean, moving_variance)]
+    for key, p in zip(("gamma", "beta", "moving_mean", "moving_variance"), params):
+        if p.shape != (d,):
+            raise ShapeError(f"batch_norm: `{key}` must have shape ({d},). Received: shape {p.shape}")
+    g, b, mean, var = params
+    scale = g / np.sqrt(var + epsilon)
+    shift = b - mean * scale
+    out = x * scale.astype(_F32)
+    out += shift.astype(_F32)
+    return out
+
+
+def dropout(
+    x: np.ndarray, rate: float, *, training: bool = False, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Dropout: the identity at inference. With ``training``, each unit is dropped (set to
+    0) with probability ``rate`` and the survivors are scaled by 1 / (1 - rate) (inverted
+    dropout, so the expected activation is unchanged)."""
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"dropout: `rate` must be in [0, 1). Received: rate={rate}")
+    if not training or rate == 0.0:
+        return x
+    generator = rng if rng is not None else np.random.default_rng()
+    keep = generator.random(x.shape, dtype=_F32) >= _F32(rate)
+    return np.multiply(x, keep, dtype=_F32) * _F32(1.0 / (1.0 - rate))
