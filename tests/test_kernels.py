@@ -551,3 +551,26 @@ def test_cli_malformed_user_file(cli, tmp_path: Path) -> None:
     result = cli("kernels", "--kernel-path", str(tmp_path))
     assert result.exit_code == 2
     assert "oops.toml: kernel 'oops': rows have different lengths" in result.stderr
+
+
+def test_kernels_command_does_not_import_scipy_or_pillow() -> None:
+    """Start-up speed: `convcli kernels` and `convcli kernels NAME` need numpy only."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys\n"
+        "from convcli.cli import main\n"
+        "for args in (['kernels'], ['kernels', 'sobel', '--json'], ['kernels', '1/9 * 1 1 1; 1 1 1; 1 1 1']):\n"
+        "    sys.argv = ['convcli', *args]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "print(sorted(m for m in ('scipy', 'PIL') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
