@@ -706,7 +706,7 @@ def load_keras_json(path: str | Path) -> L.Model:
             raise ModelError(
                 f"{where}: class {entry['class_name']} is not supported; supported: {', '.join(KERAS_CLASSES)}"
             )
-        if input_shape is None:
+        if input_shape is None and (index == 0 or cls == "InputLayer"):
             for key in ("batch_input_shape", "batch_shape"):
                 if key in cfg:
                     input_shape = _keras_shape(cfg[key])

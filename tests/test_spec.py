@@ -1,0 +1,315 @@
+"""The three model spellings: arrow notation, TOML and Keras ``to_json()`` files."""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+
+from convcli import layers as L
+from convcli import spec
+from convcli.errors import InputError, ModelError, ShapeError
+
+# The lecture's VGGNet pattern with the sizes filled in (VGG16, configuration D)
+VGG16_ARROW = (
+    "INPUT(224,224,3) => [CONV(64,3,pad=1) => RELU] * 2 => POOL(2) => "
+    "[CONV(128,3,pad=1) => RELU] * 2 => POOL(2) => [CONV(256,3,pad=1) => RELU] * 3 => POOL(2) => "
+    "[CONV(512,3,pad=1) => RELU] * 3 => POOL(2) => [CONV(512,3,pad=1) => RELU] * 3 => POOL(2) => "
+    "[FC(4096) => RELU => DO(0.5)] * 2 => FC(1000) => SOFTMAX"
+)
+
+# Published totals (Keras' model.summary() of the same architectures)
+TOTALS = {"lenet5": 61_706, "alexnet": 62_378_344, "vgg16": 138_357_544, "vgg19": 143_667_240}
+
+
+def test_doctests() -> None:
+    failures, tried = doctest.testmod(spec)
+    assert tried >= 3 and failures == 0
+
+
+# ---- arrow notation ------------------------------------------------------------------
+
+
+def test_lecture_vgg_pattern_parses_to_vgg16() -> None:
+    model = spec.parse_arrow(VGG16_ARROW)
+    assert model.input_shape == (224, 224, 3)
+    types = [layer.type for layer in model.layers]
+    assert types.count("Conv2D") == 13 and types.count("MaxPooling2D") == 5
+    assert types.count("Dense") == 3 and types.count("Dropout") == 2
+    assert types[types.index("Dense") - 1] == "Flatten"  # implied before the first FC
+    assert model.count_params() == TOTALS["vgg16"]
+
+
+def test_spec_example_parses() -> None:
+    model = spec.parse_arrow(
+        "INPUT(227,227,3) => CONV(96,11,stride=4) => RELU => POOL(3,stride=2) => "
+        "[CONV(256,5,pad=2) => RELU] * 2 => FC(10) => SOFTMAX"
+    )
+    shapes = [out for _, _, out in model.shapes()]
+    # 227 -> 55 (lecture) -> pool (55-3)/2+1 = 27 -> 27 -> 27 -> 27*27*256 -> 10
+    assert shapes == [(55, 55, 96), (55, 55, 96), (27, 27, 96), (27, 27, 256), (27, 27, 256),
+                      (27, 27, 256), (27, 27, 256), (186_624,), (10,), (10,)]
+    assert [layer.name for layer in model.layers] == [
+        "conv1", "relu1", "pool1", "conv2", "relu2", "conv3", "relu3", "flatten1", "fc1", "softmax1",
+    ]
+
+
+def test_nested_repetition_and_case() -> None:
+    model = spec.parse_arrow("input(32,32,3) -> [[conv(8,3,pad=same) -> relu] * 2 -> maxpool(2)] * 3 -> gap")
+    types = [layer.type for layer in model.layers]
+    assert types == (["Conv2D", "Activation"] * 2 + ["MaxPooling2D"]) * 3 + ["GlobalAveragePooling2D"]
+    assert model.output_shape() == (8,)
+    assert model.shapes()[-2][2] == (4, 4, 8)  # 32 -> 16 -> 8 -> 4
+
+
+def test_every_token() -> None:
+    model = spec.parse_arrow(
+        "INPUT(28,28,1) => ZEROPAD(2) => CONV(4,3,stride=1,pad=valid,dilation=2,activation=relu) => "
+        "LOCAL(2,4,stride=2) => BN => LRELU(0.1) => ELU => AVGPOOL(2,stride=1) => TANH => SIGMOID => "
+        "DROPOUT(0.25) => FLATTEN => DENSE(5) => LEAKYRELU => DO => FC(3, activation=softmax)"
+    )
+    by_type = {layer.type: layer for layer in model.layers}
+    conv = by_type["Conv2D"]
+    assert isinstance(conv, L.Conv2D) and conv.dilation == (2, 2) and conv.activation == "relu"
+    assert model.shapes()[0][2] == (32, 32, 1)  # zero padding 2 on every side
+    assert model.shapes()[1][2] == (28, 28, 4)  # (32 - 5)/1 + 1
+    assert model.shapes()[2][2] == (13, 13, 2)  # (28 - 4)/2 + 1
+    alphas = [layer.alpha for layer in model.layers if isinstance(layer, L.Activation)]
+    assert alphas == [0.1, 1.0, None, None, 0.3]
+    assert [layer.rate for layer in model.layers if isinstance(layer, L.Dropout)] == [0.25, 0.5]
+    assert [layer.type for layer in model.layers].count("Flatten") == 1  # written, not implied twice
+
+
+def test_input_defaults_and_flat_input() -> None:
+    assert spec.parse_arrow("INPUT(8,8) => CONV(1,3)").input_shape == (8, 8, 3)
+    mlp = spec.parse_arrow("INPUT(15) => FC(10) => RELU")  # the lecture's Dense(10, input_dim=15)
+    assert mlp.count_params() == 160
+    assert [layer.type for layer in mlp.layers] == ["Dense", "Activation"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("INPUT(224,224,3) => [CONV(64,3,pad=1) => RELU] * 2 => CONVV(64,3)",
+         r"^column 55: unknown layer 'CONVV\(64,3\)'; expected one of INPUT, CONV"),
+        ("CONV(8,3) => RELU", r"^column 1: the model must start with INPUT"),
+        ("INPUT(8,8,3) => CONV(8)", r"^column 17: CONV\(8\) needs kernel"),
+        ("INPUT(8,8,3) => CONV(8,3,4)", r"^column 17: CONV\(8,3,4\) takes at most 2 positional"),
+        ("INPUT(8,8,3) => CONV(8,3,strid=2)", r"^column 17: .*unknown parameter 'strid'"),
+        ("INPUT(8,8,3) => CONV(8,3,pad=full)", r"^column 17: .*Received: pad=full"),
+        ("INPUT(8,8,3) => [CONV(8,3) => RELU", r"^column 35: missing '\]'"),
+        ("INPUT(8,8,3) => [RELU] * 0", r"^column 26: expected a positive repeat count"),
+        ("INPUT(8,8,3) => RELU RELU", r"^column 22: expected '=>' between layers"),
+        ("INPUT(8,8,3) => RELU =>", r"^column 24: expected a layer at the end"),
+        ("INPUT(8,8,3) => INPUT(8,8,3)", r"^column 17: INPUT\(8,8,3\): INPUT may only come first"),
+        ("INPUT(8,8,3) => FC(0)", r"^column 17: FC\(0\): .*`units` must be a positive integer"),
+        ("INPUT(8,8,3) => DO(1.5)", r"^column 17: DO\(1.5\): .*rate"),
+        ("INPUT(8,8,3) => CONV(2,3 => RELU", r"^column 21: cannot read"),
+    ],
+)
+def test_arrow_errors_name_the_column(text: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        spec.parse_arrow(text)
+
+
+def test_unknown_token_column_is_where_it_starts() -> None:
+    text = "INPUT(224,224,3) => [CONV(64,3,pad=1) => RELU] * 2 => CONVV(64,3)"
+    with pytest.raises(ModelError) as info:
+        spec.parse_arrow(text)
+    column = int(str(info.value).split(":")[0].split()[1])
+    assert text[column - 1 :].startswith("CONVV")
+
+
+def test_layer_that_does_not_fit_is_named() -> None:
+    model = spec.parse_arrow("INPUT(10,10,3) => CONV(2,3,stride=2)")  # the lecture's 4.5
+    with pytest.raises(ShapeError, match=r"layer 'conv1' \(Conv2D\).*= 4\.5 is not an integer"):
+        model.shapes()
+
+
+# ---- TOML ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TOTALS))
+def test_toml_samples_give_published_totals(samples: Path, name: str) -> None:
+    model = spec.load_toml(samples / f"{name}.toml")
+    assert model.count_params() == TOTALS[name]
+    assert model.name == name
+
+
+def test_toml_lenet_per_layer_and_class_names(samples: Path) -> None:
+    model = spec.load_model(str(samples / "lenet5.toml"))
+    weighted = [layer.params(shape) for layer, shape, _ in model.shapes() if layer.params(shape)]
+    assert weighted == [156, 2_416, 48_120, 10_164, 850]
+    assert model.class_names == tuple(str(i) for i in range(10))
+    assert [layer.name for layer in model.layers][:2] == ["c1", "s2"]
+
+
+def _write(tmp_path: Path, text: str, name: str = "model.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_toml_auto_names_and_implied_flatten(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'input = [8, 8, 1]\n[[layers]]\ntype = "conv"\nfilters = 2\nkernel = 3\n'
+                            '[[layers]]\ntype = "fc"\nunits = 4\n')
+    model = spec.load_toml(path)
+    assert [layer.name for layer in model.layers] == ["conv1", "flatten1", "fc1"]
+    assert model.count_params() == 20 + (6 * 6 * 2 * 4 + 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('input = [8, 8, 1]\n[[layers]]\ntype = "relu"\n[[layers]]\ntype = "conv"\nfilters = 2\n',
+         r"model\.toml: layers\[1\]: conv needs kernel"),
+        ('input = [8, 8, 1]\n[[layers]]\ntype = "relu"\n[[layers]]\ntype = "convv"\n',
+         r"layers\[1\]: unknown layer type 'convv'; expected one of conv, local"),
+        ('input = [8, 8, 1]\n[[layers]]\ntype = "conv"\nfilters = 2\nkernel = 3\nstrid = 2\n',
+         r"layers\[0\]: conv: unknown parameter 'strid'"),
+        ('input = [8, 8, 1]\n[[layers]]\ntype = "conv"\nname = "a"\nfilters = 2\nkernel = 3\n'
+         '[[layers]]\ntype = "relu"\nname = "a"\n', "two layers are named 'a'"),
+        ('input = [8, 0, 1]\n[[layers]]\ntype = "relu"\n', r"`input` must be \[height, width, depth\]"),
+        ('[[layers]]\ntype = "relu"\n', r"`input` must be"),
+        ('input = [8, 8, 1]\n', r"no \[\[layers\]\] tables"),
+        ('input = [8, 8, 1]\nlayer = 3\n', "unknown top-level key"),
+    ],
+)
+def test_toml_errors_name_the_table(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        spec.load_toml(_write(tmp_path, text))
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not valid TOML"):
+        spec.load_toml(_write(tmp_path, "input = [8, 8\n"))
+    with pytest.raises(InputError, match="does not exist"):
+        spec.load_model(str(tmp_path / "missing.toml"))
+
+
+# ---- Keras JSON ----------------------------------------------------------------------
+
+KERAS_SAMPLES = {
+    "lenet5_keras2.0.json": "lenet5",  # Keras 2.0: config is the list of layers
+    "alexnet_keras2.2.json": "alexnet",  # Keras 2.2: batch_input_shape on the first layer
+    "vgg19_tf_keras2.json": "vgg19",  # tf.keras 2: InputLayer with batch_input_shape
+    "vgg16_keras3.json": "vgg16",  # Keras 3: module / registered_name / batch_shape / build_config
+    "lenet5_tfjs_model.json": "lenet5",  # TensorFlow.js model.json (modelTopology wrapper)
+}
+
+
+@pytest.mark.parametrize("filename", sorted(KERAS_SAMPLES))
+def test_keras_samples_match_the_toml_models(samples: Path, filename: str) -> None:
+    keras_model = spec.load_model(str(samples / "keras" / filename))
+    toml_model = spec.load_toml(samples / f"{KERAS_SAMPLES[filename]}.toml")
+    assert keras_model.count_params() == TOTALS[KERAS_SAMPLES[filename]]
+    assert keras_model.input_shape == toml_model.input_shape
+    assert keras_model.output_shape() == toml_model.output_shape()
+
+    def weighted(model: L.Model) -> list[int]:
+        return [layer.params(shape) for layer, shape, _ in model.shapes() if layer.params(shape)]
+
+    assert weighted(keras_model) == weighted(toml_model)
+
+
+def test_keras_names_and_fused_activations(samples: Path) -> None:
+    model = spec.load_keras_json(samples / "keras" / "vgg16_keras3.json")
+    first = model.layers[0]
+    assert isinstance(first, L.Conv2D)
+    assert (first.name, first.padding, first.activation) == ("block1_conv1", "same", "relu")
+    assert model.layers[-1].name == "predictions"
+    lenet = spec.load_keras_json(samples / "keras" / "lenet5_keras2.0.json")
+    assert [layer.name for layer in lenet.layers][:2] == ["conv2d", "average_pooling2d"]
+
+
+def _keras3(samples: Path) -> dict:
+    return json.loads((samples / "keras" / "vgg16_keras3.json").read_text())
+
+
+def _dump(tmp_path: Path, doc: object) -> Path:
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_keras_refuses_unsupported_class_naming_layer(samples: Path, tmp_path: Path) -> None:
+    doc = _keras3(samples)
+    lstm = copy.deepcopy(doc["config"]["layers"][1])
+    lstm["class_name"] = "LSTM"
+    lstm["config"]["name"] = "lstm_1"
+    doc["config"]["layers"].insert(2, lstm)
+    with pytest.raises(ModelError, match=r"layer 'lstm_1': class LSTM is not supported; supported: InputLayer, Conv2D"):
+        spec.load_keras_json(_dump(tmp_path, doc))
+
+
+def test_keras_layer_mapping(tmp_path: Path) -> None:
+    def layer(cls: str, **config: object) -> dict:
+        return {"class_name": cls, "config": config}
+
+    doc = {
+        "class_name": "Sequential",
+        "config": {"name": "mapped", "layers": [
+            layer("InputLayer", batch_input_shape=[None, 16, 16, 3], name="in"),
+            layer("ZeroPadding2D", name="zp", padding=[[1, 2], [3, 4]]),
+            layer("Conv2D", name="c", filters=4, kernel_size=[3, 3], strides=[1, 1], padding="valid",
+                  dilation_rate=[1, 1], activation="linear", use_bias=False),
+            layer("BatchNormalization", name="bn", axis=-1, epsilon=0.001, center=True, scale=True),
+            layer("ReLU", name="r", max_value=None, negative_slope=0.0, threshold=0.0),
+            layer("LeakyReLU", name="lr", alpha=0.2),
+            layer("ELU", name="e", alpha=0.5),
+            layer("LocallyConnected2D", name="lc", filters=2, kernel_size=[3, 3], strides=[2, 2],
+                  padding="valid", activation="tanh", use_bias=True),
+            layer("GlobalMaxPooling2D", name="gmp"),
+            layer("Dense", name="d", units=3, activation="linear", use_bias=True),
+            layer("Softmax", name="sm", axis=-1),
+        ]},
+    }
+    model = spec.load_keras_json(_dump(tmp_path, doc))
+    shapes = [out for _, _, out in model.shapes()]
+    # 16+1+2=19 by 16+3+4=23 -> conv 17x21 -> local (17-3)/2+1 = 8, (21-3)/2+1 = 10
+    assert shapes == [(19, 23, 3), (17, 21, 4), (17, 21, 4), (17, 21, 4), (17, 21, 4), (17, 21, 4),
+                      (8, 10, 2), (2,), (3,), (3,)]
+    conv = model.layers[1]
+    assert isinstance(conv, L.Conv2D) and conv.activation is None and not conv.use_bias
+    functions = [(layer.function, layer.alpha) for layer in model.layers if isinstance(layer, L.Activation)]
+    assert functions == [("relu", None), ("leaky_relu", 0.2), ("elu", 0.5), ("softmax", None)]
+    assert model.count_params() == 108 + 16 + 8 * 10 * 2 * (3 * 3 * 4 + 1) + 9
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(class_name="Functional"), "model class Functional is not supported"),
+        (lambda d: d["config"]["layers"][1]["config"].update(data_format="channels_first"),
+         r"layer 'block1_conv1' \(Conv2D\): data_format=channels_first is not supported"),
+        (lambda d: d["config"]["layers"][1]["config"].update(activation="swish"),
+         r"layer 'block1_conv1' \(Conv2D\): unknown value for `activation`.*Received: activation=swish"),
+        (lambda d: d["config"]["layers"][1]["config"].pop("filters"), r"layer 'block1_conv1' \(Conv2D\): missing 'filters'"),
+        (lambda d: (d["config"]["layers"].pop(0), d.pop("build_config"),
+                    d["config"]["layers"][0].pop("build_config")), "no input shape"),
+    ],
+)
+def test_keras_errors(samples: Path, tmp_path: Path, mutate, message: str) -> None:
+    doc = _keras3(samples)
+    mutate(doc)
+    with pytest.raises(ModelError, match=message):
+        spec.load_keras_json(_dump(tmp_path, doc))
+
+
+def test_keras_input_from_build_config_without_input_layer(samples: Path, tmp_path: Path) -> None:
+    doc = _keras3(samples)
+    doc["config"]["layers"].pop(0)  # Keras 3 Sequential built with model.build((None, 224, 224, 3))
+    model = spec.load_keras_json(_dump(tmp_path, doc))
+    assert model.input_shape == (224, 224, 3) and model.count_params() == TOTALS["vgg16"]
+
+
+def test_not_json_and_not_keras(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        spec.load_model(str(bad))
+    with pytest.raises(ModelError, match="not a Keras model JSON"):
+        spec.load_keras_json(_dump(tmp_path, {"layers": []}))
