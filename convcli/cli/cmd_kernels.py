@@ -75,7 +75,7 @@ def _list_table(entries: list[LibraryEntry]) -> Any:
     for entry in entries:
         item = entry.item
         if isinstance(item, GradientPair):
-            row = [escape(item.name), f"{item.x.size_label} pair", "", escape(f"{item.description} ({item.x.name}, {item.y.name})")]
+            row = [escape(item.name), f"{item.x.size_label} pair", "", escape(item.description or f"sqrt({item.x.name}² + {item.y.name}²)")]
         else:
             scale = str(item.scale) if item.scale is not None else ""
             row = [escape(item.name), item.size_label, scale, escape(item.description)]
