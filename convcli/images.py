@@ -444,7 +444,7 @@ def _encode_into(
         if like.squeeze or (like.mode != "npy" and values.shape[2] == 1):
             values = values[:, :, 0]
         np.save(stream, values, allow_pickle=False)
-        return like.alpha is not None
+        return False
     image, dropped = _pil_image(data, like, rescale=rescale, absolute=absolute)
     options: dict[str, Any] = {}
     if fmt == "PNG":
@@ -493,8 +493,8 @@ def write_image(
         compress_level: zlib level for PNG, 0..9 (1 is fast; Pillow's default is 6).
 
     Returns:
-        True when the input's alpha could not be re-attached (the size changed) or is
-        not part of the output (``.npy``).
+        True when the input's alpha was dropped because the result's size differs from
+        the input's (``--padding valid``, ``--padding P``, ``--stride``).
 
     Raises:
         InputError: unknown format, a mode the format cannot hold, a missing folder.
