@@ -210,7 +210,7 @@ def test_cli_rich_output_for_an_image(cli, rgb_png) -> None:
     result = cli("explain", str(path), "--at", "0,0", "--kernel", "box3")
     assert result.exit_code == 0
     assert "centred on x=0, y=0 (channel 0), border mode reflect" in result.stdout
-    assert "products (region × kernel)" in result.stdout
+    assert "products" in result.stdout and "sum = " in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -177,7 +177,7 @@ def explain_command(
             [
                 _grid("region", result.region),
                 _grid("kernel", result.matrix, caption=scale_caption),
-                _grid("products (region × kernel)", result.products),
+                _grid("products", result.products),
             ],
             padding=(0, 2),
         )
