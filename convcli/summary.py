@@ -294,7 +294,7 @@ def _axis(axis: str, letter: str, n: int, kernel: int, stride: int, padding: int
         paddings = sorted(geometry.fitting_paddings(n, k, stride, limit=n + k), key=lambda p: (abs(p - padding), p))[:3]
         strides = sorted(geometry.fitting_strides(n, k, padding, limit=n + k), key=lambda s: (abs(s - stride), s))[:3]
         raise ShapeError(
-            f"{axis}: {substituted} is not an integer: the neurons do not fit. "
+            f"output {axis}: {substituted} is not an integer: the neurons do not fit. "
             f"Paddings that fit with S={stride}: {', '.join(map(str, paddings)) or 'none'}; "
             f"strides that fit with P={padding}: {', '.join(map(str, strides)) or 'none'}; "
             "or padding same"

@@ -34,7 +34,7 @@ def shapes_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Output size, neurons, parameters and MACs of one CONV or POOL layer, worked out."""
-    from rich.table import Table
+    from rich.markup import escape
 
     from convcli.summary import layer_arithmetic
 
@@ -54,33 +54,33 @@ def shapes_command(
         head = f"POOL layer: input {w}x{h}x{d}, window {kernel}x{kernel}, stride {stride}, padding {pad_text}"
     else:
         head = (
-            f"CONV layer: input {w}x{h}x{d}, K={filters} filter(s) of {kernel}x{kernel}x{d}, "
+            f"CONV layer: input {w}x{h}x{d}, K = {filters} filter{'s' if filters != 1 else ''} of {kernel}x{kernel}x{d}, "
             f"stride {stride}, padding {pad_text}"
             + (f", dilation {dilation} (covers {k_eff}x{k_eff})" if dilation != 1 else "")
         )
     out_console.print(f"[bold]{head}[/]")
-    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2, 0, 0))
-    table.add_column(style="cyan", no_wrap=True)
-    table.add_column()
-    table.add_row("output width", f"{a.width.formula} = {a.width.substituted}")
-    table.add_row("output height", f"{a.height.formula} = {a.height.substituted}")
-    table.add_row("output volume", f"{ow} x {oh} x {od}" + ("  (depth D: pooling keeps the depth)" if pool else f"  (depth K = {filters})"))
-    table.add_row("neurons", f"{ow} * {oh} * {od} = {a.neurons:,}")
+    rows: list[tuple[str, str]] = [
+        ("output width", f"{a.width.formula} = {a.width.substituted}"),
+        ("output height", f"{a.height.formula} = {a.height.substituted}"),
+        ("output volume", f"{ow} x {oh} x {od}"
+         + ("  (depth D: pooling keeps the depth)" if pool else f"  (depth K = {filters})")),
+        ("neurons", f"{ow} * {oh} * {od} = {a.neurons:,}"),
+    ]
     if pool:
-        table.add_row("parameters", "0 (pooling has no weights)")
-        table.add_row("window size", f"{kernel} * {kernel} = {kernel * kernel} values per output (max or average)")
+        rows += [
+            ("parameters", "0 (pooling has no weights)"),
+            ("window size", f"{kernel} * {kernel} = {kernel * kernel} values per output (max or average)"),
+        ]
     else:
         n_fd = a.weights_per_filter
-        table.add_row("weights per filter", f"F * F * D = {kernel} * {kernel} * {d} = {n_fd:,} (+1 bias)")
-        table.add_row(
-            "parameters, shared", f"K * F * F * D + K = {filters} * {n_fd:,} + {filters} = {a.params_shared:,}"
-        )
-        table.add_row(
-            "parameters, unshared",
-            f"neurons * (F * F * D + 1) = {a.neurons:,} * {n_fd + 1:,} = {a.params_unshared:,}  (locally connected)",
-        )
-        table.add_row(
-            "multiply-accumulates",
-            f"neurons * F * F * D = {a.neurons:,} * {n_fd:,} = {a.macs:,}  ({2 * a.macs:,} FLOPs)",
-        )
-    out_console.print(table)
+        rows += [
+            ("weights per filter", f"F * F * D = {kernel} * {kernel} * {d} = {n_fd:,} (+1 bias)"),
+            ("parameters, shared", f"K * F * F * D + K = {filters} * {n_fd:,} + {filters} = {a.params_shared:,}"),
+            ("parameters, unshared",
+             f"neurons * (F * F * D + 1) = {a.neurons:,} * {n_fd + 1:,} = {a.params_unshared:,}  (locally connected)"),
+            ("multiply-accumulates",
+             f"neurons * F * F * D = {a.neurons:,} * {n_fd:,} = {a.macs:,}  ({2 * a.macs:,} FLOPs)"),
+        ]
+    width = max(len(label) for label, _ in rows) + 2
+    for label, text in rows:
+        out_console.print(f"[cyan]{label.ljust(width)}[/]{escape(text)}")
