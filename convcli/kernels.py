@@ -578,14 +578,15 @@ def _looks_inline(spec: str) -> bool:
 def resolve_kernel(spec: str, extra_paths: Sequence[Path | str] = ()) -> Kernel | GradientPair:
     """Turn a ``--kernel`` value into a kernel (or a gradient pair).
 
-    ``spec`` is, in this order: a path to an existing kernel file (``.toml`` in the library
-    format, ``.npy`` 2-D array, or a plain-text matrix), an inline matrix
-    (``"1 0 -1; 2 0 -2; 1 0 -1"``, fractions allowed, optional leading ``"1/9 * ..."``), or a
-    library name (``convcli kernels``). ``extra_paths`` are user folders (``--kernel-path``)
+    ``spec`` is a library name (``convcli kernels``), a path to a kernel file (``.toml`` in
+    the library format, ``.npy`` 2-D array, or a plain-text matrix), or an inline matrix
+    (``"1 0 -1; 2 0 -2; 1 0 -1"``, fractions allowed, optional leading ``"1/9 * ..."``).
+    A bare name is looked up in the library first; an existing file of that name is used
+    only when the library has no such kernel. ``extra_paths`` are user folders (``--kernel-path``)
     searched before ``CONVCLI_KERNEL_PATH`` and the built-ins.
 
-    >>> resolve_kernel("box3").weights.sum().round(12)
-    1.0
+    >>> str(resolve_kernel("box3").scale), resolve_kernel("box3").exact_total()
+    ('1/9', Fraction(1, 1))
     >>> resolve_kernel("sobel").x.name
     'sobel-x'
 
@@ -601,6 +602,15 @@ def resolve_kernel(spec: str, extra_paths: Sequence[Path | str] = ()) -> Kernel 
         is_file, is_dir = path.is_file(), path.is_dir()
     except OSError:  # e.g. a long inline matrix: "File name too long"
         is_file = is_dir = False
+    if NAME_PATTERN.match(text) and not _looks_like_path(text) and not _looks_inline(text):
+        # A bare name: the library first, so a stray file called "box3" in the current
+        # folder does not shadow the built-in; such a file is used only when no kernel has its name.
+        try:
+            return KernelLibrary.from_environment(extra_paths).get(text)
+        except KernelError:
+            if is_file:
+                return _load_file(path)
+            raise
     if is_file:
         return _load_file(path)
     if is_dir:

@@ -574,3 +574,16 @@ def test_kernels_command_does_not_import_scipy_or_pillow() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_library_names_win_over_stray_files_of_the_same_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "box3").write_text("7\n")
+    (tmp_path / "mykernel").write_text("1 2; 3 4\n")
+    assert resolve_kernel("box3").builtin
+    assert resolve_kernel("mykernel").weights.tolist() == [[1, 2], [3, 4]]
+
+
+def test_long_inline_matrix_is_not_mistaken_for_a_file() -> None:
+    text = "; ".join(" ".join(["1"] * 40) for _ in range(40))
+    assert resolve_kernel(text).weights.shape == (40, 40)
