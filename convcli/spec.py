@@ -545,6 +545,17 @@ _KERAS_ALIASES = {
 }
 
 
+def _plain(value: Any) -> Any:
+    """Turn tf.keras' ``{"class_name": "__tuple__" | "TensorShape", "items": [...]}`` into lists."""
+    if isinstance(value, dict):
+        if value.get("class_name") in ("__tuple__", "TensorShape") and isinstance(value.get("items"), list):
+            return [_plain(v) for v in value["items"]]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _keras_shape(value: object) -> tuple[int, ...] | None:
     if isinstance(value, list) and value and value[0] is None:
         value = value[1:]
@@ -652,9 +663,52 @@ def _keras_layer(cls: str, name: str, cfg: Mapping[str, Any]) -> L.Layer | None:
     raise AssertionError(cls)  # pragma: no cover - guarded by KERAS_CLASSES
 
 
+def _tensor_names(value: Any) -> list[str]:
+    """Names of the layers whose outputs a Keras 3 node argument refers to (``keras_history``)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            history = value.get("config", {}).get("keras_history") or []
+            return [str(history[0])] if history else []
+        return [name for v in value.values() for name in _tensor_names(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in _tensor_names(v)]
+    return []
+
+
+def _inbound_layers(entry: Mapping[str, Any]) -> list[str] | None:
+    """The layers feeding ``entry`` (None when it is called more than once, i.e. shared)."""
+    nodes = entry.get("inbound_nodes") or []
+    if not nodes:
+        return []
+    if len(nodes) != 1:
+        return None
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        return _tensor_names(node.get("args", []))
+    # Keras 2: [[layer_name, node_index, tensor_index, kwargs], ...]
+    return [str(item[0]) for item in node if isinstance(item, list) and item]
+
+
+def _check_linear_chain(config: Mapping[str, Any], source: str) -> None:
+    """A Functional model is read only when its layers form one chain, in order."""
+    previous: str | None = None
+    for entry in config["layers"]:
+        name = str(entry.get("name") or (entry.get("config") or {}).get("name"))
+        inbound = _inbound_layers(entry)
+        expected = [] if previous is None else [previous]
+        if inbound != expected:
+            shown = "several calls" if inbound is None else (", ".join(inbound) or "no layer")
+            raise ModelError(
+                f"{source}: layer '{name}' takes its input from {shown}, not only from the layer "
+                f"before it; only models whose layers form a single chain are supported"
+            )
+        previous = name
+
+
 def _keras_topology(doc: Any, source: str) -> tuple[str, list[dict[str, Any]], tuple[int, ...] | None]:
     """Unwrap the dialects: tfjs ``modelTopology``, h5-style ``model_config``, Keras 2.0's
     list config, Keras 2.x / 3 ``{"layers": [...]}``. Returns (name, layers, build input shape)."""
+    doc = _plain(doc)
     if isinstance(doc, dict) and "modelTopology" in doc:  # TensorFlow.js model.json
         doc = doc["modelTopology"]
     if isinstance(doc, dict) and "model_config" in doc:  # tfjs / h5 attribute
@@ -663,10 +717,13 @@ def _keras_topology(doc: Any, source: str) -> tuple[str, list[dict[str, Any]], t
         raise ModelError(f"{source}: not a Keras model JSON (expected \"class_name\" and \"config\")")
     cls = doc["class_name"]
     config = doc["config"]
+    if cls in ("Functional", "Model") and isinstance(config, dict) and isinstance(config.get("layers"), list):
+        _check_linear_chain(config, source)
+        return str(config.get("name", "model")), config["layers"], None
     if cls != "Sequential":
         raise ModelError(
-            f"{source}: model class {cls} is not supported; only Sequential models (save a Sequential "
-            "model with model.to_json())"
+            f"{source}: model class {cls} is not supported; supported: Sequential, and Functional "
+            "models whose layers form a single chain"
         )
     if isinstance(config, list):  # Keras 2.0 - 2.1: the config is the list of layers
         return "sequential", config, None
@@ -679,8 +736,9 @@ def _keras_topology(doc: Any, source: str) -> tuple[str, list[dict[str, Any]], t
 
 
 def load_keras_json(path: str | Path) -> L.Model:
-    """Read a Keras ``model.to_json()`` file (Sequential; Keras 2.0, 2.x, 3, or a TensorFlow.js
-    ``model.json``) without Keras. Supported classes: :data:`KERAS_CLASSES`.
+    """Read a Keras ``model.to_json()`` file (Sequential, or Functional when its layers form a
+    single chain; Keras 2.0, 2.x, 3, or a TensorFlow.js ``model.json``) without Keras.
+    Supported layer classes: :data:`KERAS_CLASSES`.
 
     Raises:
         InputError: unreadable file or invalid JSON.

@@ -282,7 +282,7 @@ def test_keras_layer_mapping(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(class_name="Functional"), "model class Functional is not supported"),
+        (lambda d: d.update(class_name="Custom"), "model class Custom is not supported; supported: Sequential"),
         (lambda d: d["config"]["layers"][1]["config"].update(data_format="channels_first"),
          r"layer 'block1_conv1' \(Conv2D\): data_format=channels_first is not supported"),
         (lambda d: d["config"]["layers"][1]["config"].update(activation="swish"),
@@ -313,3 +313,62 @@ def test_not_json_and_not_keras(tmp_path: Path) -> None:
         spec.load_model(str(bad))
     with pytest.raises(ModelError, match="not a Keras model JSON"):
         spec.load_keras_json(_dump(tmp_path, {"layers": []}))
+
+
+# ---- Functional models that are a single chain (keras.applications builds these) --------
+
+
+def _keras3_functional(samples: Path) -> dict:
+    """The Keras 3 VGG16 sample rewritten as Functional (what keras.applications.VGG16 saves)."""
+    doc = _keras3(samples)
+    doc["class_name"] = "Functional"
+    previous = None
+    for entry in doc["config"]["layers"]:
+        entry["name"] = entry["config"]["name"]
+        if previous is None:
+            entry["inbound_nodes"] = []
+        else:
+            tensor = {"class_name": "__keras_tensor__",
+                      "config": {"shape": [None, 1], "dtype": "float32", "keras_history": [previous, 0, 0]}}
+            entry["inbound_nodes"] = [{"args": [tensor], "kwargs": {}}]
+        previous = entry["name"]
+    doc["config"]["input_layers"] = [doc["config"]["layers"][0]["name"], 0, 0]
+    doc["config"]["output_layers"] = [previous, 0, 0]
+    return doc
+
+
+def test_keras3_functional_chain(samples: Path, tmp_path: Path) -> None:
+    model = spec.load_keras_json(_dump(tmp_path, _keras3_functional(samples)))
+    assert model.count_params() == TOTALS["vgg16"]
+    assert model.layers[0].name == "block1_conv1"
+
+
+def test_keras2_functional_chain_with_tuple_objects(tmp_path: Path) -> None:
+    # tf.keras 2 may write tuples and shapes as {"class_name": "__tuple__", "items": [...]}
+    def tup(*items: object) -> dict:
+        return {"class_name": "__tuple__", "items": list(items)}
+
+    doc = {"class_name": "Functional", "config": {"name": "cnn", "layers": [
+        {"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
+         "config": {"batch_input_shape": {"class_name": "TensorShape", "items": [None, 28, 28, 1]}, "name": "input_1"}},
+        {"name": "conv2d", "class_name": "Conv2D", "inbound_nodes": [[["input_1", 0, 0, {}]]],
+         "config": {"name": "conv2d", "filters": 16, "kernel_size": tup(5, 5), "strides": tup(1, 1),
+                    "padding": "valid", "dilation_rate": tup(1, 1), "activation": "relu", "use_bias": True}},
+        {"name": "flatten", "class_name": "Flatten", "inbound_nodes": [[["conv2d", 0, 0, {}]]], "config": {"name": "flatten"}},
+        {"name": "dense", "class_name": "Dense", "inbound_nodes": [[["flatten", 0, 0, {}]]],
+         "config": {"name": "dense", "units": 10, "activation": "softmax"}},
+    ]}}
+    model = spec.load_keras_json(_dump(tmp_path, doc))
+    assert model.input_shape == (28, 28, 1)
+    assert model.count_params() == 5 * 5 * 16 + 16 + 24 * 24 * 16 * 10 + 10
+
+
+def test_functional_with_a_branch_is_refused(samples: Path, tmp_path: Path) -> None:
+    doc = _keras3_functional(samples)
+    layers = doc["config"]["layers"]
+    # block2_conv1 also reads block1_conv1: a skip connection
+    skip = copy.deepcopy(layers[4]["inbound_nodes"][0]["args"][0])
+    skip["config"]["keras_history"] = ["block1_conv1", 0, 0]
+    layers[4]["inbound_nodes"][0]["args"].append(skip)
+    with pytest.raises(ModelError, match=r"layer 'block2_conv1' takes its input from block1_pool, block1_conv1"):
+        spec.load_keras_json(_dump(tmp_path, doc))
