@@ -119,6 +119,36 @@ class Kernel:
         """Sum of the effective weights (1 for blurs, 0 for edge detectors)."""
         return math.fsum(self.weights.ravel().tolist())
 
+    def separable_factors(self) -> tuple[list[int], list[int]] | None:
+        """Whole-number column and row whose outer product is the written matrix, or None.
+
+        Only for separable (rank 1) kernels written with whole numbers; the scale stays apart.
+
+        >>> resolve_kernel("sobel-x").separable_factors()
+        ([1, 2, 1], [-1, 0, 1])
+        """
+        written = self.written
+        if not self.separable or not np.all(written == np.round(written)):
+            return None
+        matrix = np.round(written).astype(np.int64)
+        i, j = np.unravel_index(int(np.argmax(np.abs(matrix))), matrix.shape)
+        column = matrix[:, j]
+        divisor = math.gcd(*(int(v) for v in column))
+        first = next(int(v) for v in column if v != 0)
+        divisor = -divisor if first < 0 else divisor
+        column_factor = [int(v) // divisor for v in column]
+        row = [Fraction(int(v) * divisor, int(matrix[i, j])) for v in matrix[i, :]]
+        if any(v.denominator != 1 for v in row):
+            return None
+        row_factor = [int(v) for v in row]
+        # Show the smoothing factor (all one sign) positive: sobel-y = [-1 0 1] x [1 2 1].
+        if all(v >= 0 for v in column_factor) is False and all(v <= 0 for v in row_factor):
+            column_factor = [-v for v in column_factor]
+            row_factor = [-v for v in row_factor]
+        if not np.array_equal(np.outer(column_factor, row_factor), matrix):
+            return None
+        return column_factor, row_factor
+
     def exact_total(self) -> Fraction | None:
         """The sum as an exact fraction when the written values are integers, else None."""
         written = self.written

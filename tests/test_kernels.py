@@ -587,3 +587,22 @@ def test_library_names_win_over_stray_files_of_the_same_name(tmp_path: Path, mon
 def test_long_inline_matrix_is_not_mistaken_for_a_file() -> None:
     text = "; ".join(" ".join(["1"] * 40) for _ in range(40))
     assert resolve_kernel(text).weights.shape == (40, 40)
+
+
+def test_separable_factors_rebuild_the_matrix() -> None:
+    assert kernel("sobel-x").separable_factors() == ([1, 2, 1], [-1, 0, 1])
+    assert kernel("sobel-y").separable_factors() == ([-1, 0, 1], [1, 2, 1])
+    assert kernel("gaussian7").separable_factors() == ([1, 6, 15, 20, 15, 6, 1],) * 2
+    for entry in KernelLibrary().entries():
+        item = entry.item
+        if isinstance(item, Kernel) and item.separable:
+            column, row = item.separable_factors()
+            np.testing.assert_array_equal(np.outer(column, row), item.written)
+    assert kernel("sharpen").separable_factors() is None  # rank 2
+    assert parse_matrix("0.5 0.25; 1 0.5").separable_factors() is None  # not whole numbers
+
+
+def test_cli_shows_separable_factors(cli) -> None:
+    assert "column [1 2 1] × row [-1 0 1]" in cli("kernels", "sobel-x").stdout
+    document = json.loads(cli("kernels", "gaussian3", "--json").stdout)
+    assert document["factors"] == {"column": [1, 2, 1], "row": [1, 2, 1]}

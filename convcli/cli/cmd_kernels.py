@@ -55,6 +55,11 @@ def kernel_json(item: Kernel | GradientPair, overrides: bool = False) -> dict[st
         "sum": item.total,
         "rank": item.rank,
         "separable": item.separable,
+        "factors": (
+            None
+            if (factors := item.separable_factors()) is None
+            else {"column": factors[0], "row": factors[1]}
+        ),
     }
 
 
@@ -111,7 +116,11 @@ def _show_kernel(kernel: Kernel, overrides: bool) -> None:
     out_console.print(_matrix_table(kernel))
     exact = kernel.exact_total()
     total = f"{exact}" if exact is not None else format_number(kernel.total)
-    if kernel.separable:
+    factors = kernel.separable_factors()
+    if factors is not None:
+        column, row = (" ".join(str(v) for v in f) for f in factors)
+        separable = f"yes (rank 1): column [{column}] × row [{row}]"
+    elif kernel.separable:
         separable = "yes (rank 1: a column times a row, two 1-D passes)"
     else:
         separable = f"no (rank {kernel.rank})"
