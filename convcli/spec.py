@@ -308,12 +308,7 @@ def _assemble(items: list[_Item], model_name: str, class_names: tuple[str, ...] 
         built.append(layer)
         if layer.spatial == "global":
             rank = 1
-    try:
-        return L.Model(input_shape=input_shape, layers=tuple(built), name=model_name, class_names=class_names)
-    except ModelError:
-        raise
-    except ConvcliError as exc:  # pragma: no cover - Model raises ModelError only
-        raise ModelError(str(exc)) from None
+    return L.Model(input_shape=input_shape, layers=tuple(built), name=model_name, class_names=class_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -502,11 +497,13 @@ def load_toml(path: str | Path) -> L.Model:
         if not isinstance(table, dict):
             raise ModelError(f"{where}: must be a table")
         table = dict(table)
-        kind = str(table.pop("type", "")).upper()
+        if "type" not in table:
+            raise ModelError(f"{where}: missing `type` (a layer such as conv, pool, fc, relu)")
+        kind = str(table.pop("type")).upper()
         if kind not in TOKENS or kind == "INPUT":
             raise ModelError(
-                f"{where}: unknown layer type {table.get('name', '')!s}{' ' if table.get('name') else ''}"
-                f"'{kind.lower()}'; expected one of {', '.join(k.lower() for k in TOKENS if k != 'INPUT')}"
+                f"{where}: unknown layer type '{kind.lower()}'; expected one of "
+                f"{', '.join(k.lower() for k in TOKENS if k != 'INPUT')}"
             )
         name = table.pop("name", None)
         if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", name)):
