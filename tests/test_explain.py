@@ -242,3 +242,17 @@ def test_cli_errors(cli, rgb_png, args: list[str], message: str) -> None:
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant", "wrap"])
+def test_explain_agrees_with_convcli_filter(cli, rgb_png, tmp_path: Path, mode: str) -> None:
+    """The explained sum is what `convcli filter` computes at that pixel (float32 aside)."""
+    path, _ = rgb_png
+    out = tmp_path / f"filtered-{mode}.npy"
+    result = cli("filter", str(path), "--kernel", "sharpen", "--mode", mode, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    filtered = np.load(out).reshape(9, 13, -1)
+    for x, y in ((0, 0), (12, 8), (7, 3)):
+        document = json.loads(cli("explain", str(path), "--at", f"{x},{y}", "--kernel", "sharpen",
+                                  "--mode", mode, "--channel", "2", "--json").stdout)
+        assert document["sum"] == pytest.approx(float(filtered[y, x, 2]), abs=1e-3)
