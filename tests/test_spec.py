@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convcli import layers as L
 from convcli import spec
@@ -372,3 +374,38 @@ def test_functional_with_a_branch_is_refused(samples: Path, tmp_path: Path) -> N
     layers[4]["inbound_nodes"][0]["args"].append(skip)
     with pytest.raises(ModelError, match=r"layer 'block2_conv1' takes its input from block1_pool, block1_conv1"):
         spec.load_keras_json(_dump(tmp_path, doc))
+
+
+# ---- arrow notation: random nested repetitions against a plain expansion ---------------
+
+_SIMPLE = {"RELU": "Activation", "TANH": "Activation", "BN": "BatchNormalization", "DO(0.5)": "Dropout",
+           "CONV(4,3,pad=same)": "Conv2D", "ZEROPAD(1)": "ZeroPadding2D"}
+_items = st.recursive(
+    st.sampled_from(sorted(_SIMPLE)),
+    lambda inner: st.tuples(st.lists(inner, min_size=1, max_size=3), st.integers(1, 3)),
+    max_leaves=8,
+)
+
+
+def _render(item: object, draw_case: bool) -> str:
+    if isinstance(item, str):
+        return item.lower() if draw_case else item
+    group, count = item  # type: ignore[misc]
+    return "[" + " => ".join(_render(i, draw_case) for i in group) + f"]*{count}"
+
+
+def _expand(item: object) -> list[str]:
+    if isinstance(item, str):
+        return [_SIMPLE[item]]
+    group, count = item  # type: ignore[misc]
+    return [t for _ in range(count) for i in group for t in _expand(i)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_items, min_size=1, max_size=4), st.booleans())
+def test_arrow_repetition_matches_plain_expansion(items: list[object], lower: bool) -> None:
+    text = "INPUT(8,8,2) => " + " => ".join(_render(i, lower) for i in items)
+    model = spec.parse_arrow(text)
+    assert [layer.type for layer in model.layers] == [t for i in items for t in _expand(i)]
+    names = [layer.name for layer in model.layers]
+    assert len(set(names)) == len(names)

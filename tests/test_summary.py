@@ -4,12 +4,14 @@ receptive-field oracle."""
 from __future__ import annotations
 
 import doctest
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from convcli import geometry
 from convcli import summary as S
 from convcli.errors import ShapeError
 from convcli.spec import load_model, parse_arrow
@@ -130,12 +132,7 @@ def _brute_force_rf(chain: list[tuple[int, int, int, int]]) -> tuple[int, int]:
     )
 )
 def test_receptive_field_matches_brute_force(chain: list[tuple[int, int, int, int]]) -> None:
-    size, jump = 1, 1
-    from fractions import Fraction
-
-    start = Fraction(1, 2)
-    from convcli import geometry
-
+    size, jump, start = 1, 1, Fraction(1, 2)
     for kernel, stride, pad, dilation in chain:
         size, jump, start = geometry.receptive_field_step(size, jump, start, kernel, stride, pad, dilation)
     assert (size, jump) == _brute_force_rf(chain)
