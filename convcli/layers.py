@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal, NamedTuple
 
 from convcli import geometry
@@ -430,6 +431,8 @@ class Model:
     layers: tuple[Layer, ...]
     name: str = "model"
     class_names: tuple[str, ...] | None = field(default=None)
+    weights_path: Path | None = None
+    """Weights named by the model file (TOML ``weights = "x.npz"``), absolute; not checked here."""
 
     def __post_init__(self) -> None:
         if not self.input_shape or not all(

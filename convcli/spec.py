@@ -11,6 +11,7 @@ All three parse into :class:`convcli.layers.Model` (pure Python, no numpy, no Ke
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -461,7 +462,8 @@ def _toml_value(value: object) -> Value:
 
 
 def load_toml(path: str | Path) -> L.Model:
-    """Read a model from TOML: ``input = [H, W, D]``, optional ``name`` and ``class_names``,
+    """Read a model from TOML: ``input = [H, W, D]``, optional ``name``, ``class_names`` and
+    ``weights`` (a .npz path relative to the TOML file, kept as ``Model.weights_path``),
     and ``[[layers]]`` tables with ``type`` (a token of the arrow notation), optional ``name``
     and the token's parameters (``filters``, ``kernel``, ``stride``, ``pad``, ``units``, ...).
 
@@ -478,9 +480,15 @@ def load_toml(path: str | Path) -> L.Model:
         raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
-    unknown = set(doc) - {"input", "layers", "name", "class_names"}
+    unknown = set(doc) - {"input", "layers", "name", "class_names", "weights"}
     if unknown:
-        raise ModelError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: input, layers, name, class_names")
+        raise ModelError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+            "allowed: input, layers, name, class_names, weights"
+        )
+    weights = doc.get("weights")
+    if weights is not None and (not isinstance(weights, str) or not weights):
+        raise ModelError(f"{path}: `weights` must be a path to a .npz file. Received: weights={weights!r}")
     shape = doc.get("input")
     if not isinstance(shape, list) or len(shape) not in (1, 2, 3) or not all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
@@ -519,10 +527,14 @@ def load_toml(path: str | Path) -> L.Model:
     class_names = doc.get("class_names")
     if class_names is not None and not (isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)):
         raise ModelError(f"{path}: `class_names` must be a list of strings")
-    return _assemble(
+    model = _assemble(
         items, str(doc.get("name", path.stem)),
         tuple(class_names) if class_names is not None else None, tuple(shape),
     )
+    if weights is None:
+        return model
+    # a relative path is relative to the TOML file's folder, not to the working directory
+    return dataclasses.replace(model, weights_path=(path.parent / weights).resolve())
 
 
 # --------------------------------------------------------------------------------------

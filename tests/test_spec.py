@@ -409,3 +409,13 @@ def test_arrow_repetition_matches_plain_expansion(items: list[object], lower: bo
     assert [layer.type for layer in model.layers] == [t for i in items for t in _expand(i)]
     names = [layer.name for layer in model.layers]
     assert len(set(names)) == len(names)
+
+
+def test_toml_weights_path_is_relative_to_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = _write(folder, 'weights = "w/net.npz"\ninput = [4, 4, 1]\n[[layers]]\ntype = "relu"\n')
+    assert spec.load_toml(path).weights_path == (folder / "w" / "net.npz").resolve()
+    assert spec.parse_arrow("INPUT(4,4,1) => RELU").weights_path is None
+    with pytest.raises(ModelError, match="`weights` must be a path"):
+        spec.load_toml(_write(folder, 'weights = 3\ninput = [4, 4, 1]\n[[layers]]\ntype = "relu"\n'))
