@@ -124,18 +124,8 @@ def load_weights(model: L.Model, path: str | Path) -> Params:
 def save_weights(params: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write ``params`` as a ``.npz`` archive, atomically (temporary file + rename): an
     existing file is replaced only once the new one is complete."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"cannot write {path}: folder {folder} does not exist")
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **{key: np.asarray(value, np.float32) for key, value in params.items()})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    arrays = {key: np.asarray(value, np.float32) for key, value in params.items()}
+    _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays))
 
 
 def _get(params: Mapping[str, np.ndarray], layer: L.Layer, param: str) -> np.ndarray:
@@ -234,3 +224,303 @@ def run(
         if on_layer is not None:
             on_layer(layer, x, time.perf_counter() - start)
     return x
+
+
+# --------------------------------------------------------------------------------------
+# Batches, inputs and statistics for `convcli run`
+# --------------------------------------------------------------------------------------
+
+
+def run_batches(
+    model: L.Model,
+    x: np.ndarray,
+    params: Mapping[str, np.ndarray],
+    *,
+    batch_size: int = 64,
+    train_dropout: bool = False,
+    seed: int = 0,
+    on_layer: LayerCallback | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """:func:`run` on ``x`` in batches of ``batch_size`` (bounded activation memory).
+
+    One dropout generator (from ``seed``) runs through all batches; ``on_batch(n)`` is
+    called with the number of samples after each batch (for a progress bar).
+    """
+    if batch_size < 1:
+        raise InputError(f"the batch size must be a positive integer. Received: batch_size={batch_size}")
+    generator = np.random.default_rng(seed)
+    out: np.ndarray | None = None
+    n = len(x)
+    for start in range(0, n, batch_size):
+        part = run(model, x[start : start + batch_size], params, train_dropout=train_dropout,
+                   on_layer=on_layer, rng=generator)
+        if out is None:
+            out = np.empty((n, *part.shape[1:]), np.float32)
+        out[start : start + len(part)] = part
+        if on_batch is not None:
+            on_batch(len(part))
+    assert out is not None
+    return out
+
+
+def is_relu_output(layer: L.Layer) -> bool:
+    """True when the layer's output went through a ReLU (a RELU layer or a fused relu)."""
+    if isinstance(layer, L.Activation):
+        return layer.function == "relu"
+    return getattr(layer, "activation", None) == "relu"
+
+
+def is_softmax_output(model: L.Model) -> bool:
+    """True when the model ends in a softmax over a flat output (class probabilities)."""
+    if not model.layers or len(model.output_shape()) != 1:
+        return False
+    last = model.layers[-1]
+    if isinstance(last, L.Activation):
+        return last.function == "softmax"
+    return getattr(last, "activation", None) == "softmax"
+
+
+class LayerStats:
+    """Output statistics of one layer, accumulated over batches: time, min, mean, max and,
+    after a ReLU, the fraction of exact zeros (dead or inactive units)."""
+
+    def __init__(self, layer: L.Layer, output_shape: tuple[int, ...]):
+        self.layer = layer
+        self.output_shape = output_shape
+        self.seconds = 0.0
+        self.minimum = math.inf
+        self.maximum = -math.inf
+        self.total = 0.0
+        self.count = 0
+        self.zeros = 0
+        self.relu = is_relu_output(layer)
+
+    def add(self, output: np.ndarray, seconds: float) -> None:
+        """Fold in one batch's output."""
+        self.seconds += seconds
+        if output.size:
+            self.minimum = min(self.minimum, float(output.min()))
+            self.maximum = max(self.maximum, float(output.max()))
+            self.total += float(output.sum(dtype=np.float64))
+            self.count += output.size
+            if self.relu:
+                self.zeros += output.size - int(np.count_nonzero(output))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    @property
+    def zero_fraction(self) -> float | None:
+        """Fraction of zeros for a ReLU output, None for other layers."""
+        return self.zeros / self.count if self.relu and self.count else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.layer.name,
+            "type": self.layer.type,
+            "output_shape": list(self.output_shape),
+            "seconds": self.seconds,
+            "min": self.minimum,
+            "mean": self.mean,
+            "max": self.maximum,
+            "zero_fraction": self.zero_fraction,
+        }
+
+
+def layer_stats(model: L.Model) -> tuple[list[LayerStats], LayerCallback]:
+    """One :class:`LayerStats` per layer and the ``on_layer`` callback that fills them."""
+    stats = [LayerStats(layer, out_shape) for layer, _, out_shape in model.shapes()]
+    by_name = {s.layer.name: s for s in stats}
+
+    def on_layer(layer: L.Layer, output: np.ndarray, seconds: float) -> None:
+        by_name[layer.name].add(output, seconds)
+
+    return stats, on_layer
+
+
+def top_k(probs: np.ndarray, k: int = 5, class_names: tuple[str, ...] | None = None) -> list[list[tuple[int, str, float]]]:
+    """Per sample, the ``k`` most probable classes as (index, name, probability), best first.
+
+    Class names are used when there is one per output unit, else the indices are the names.
+
+    >>> top_k(np.array([[0.1, 0.7, 0.2]]), 2, ("cat", "dog", "owl"))
+    [[(1, 'dog', 0.7), (2, 'owl', 0.2)]]
+    """
+    units = probs.shape[1]
+    names = class_names if class_names is not None and len(class_names) == units else None
+    order = np.argsort(-probs, axis=1, kind="stable")[:, : min(k, units)]
+    return [
+        [(int(i), names[i] if names else str(int(i)), float(row[i])) for i in idx]
+        for row, idx in zip(probs, order)
+    ]
+
+
+def _convert_depth(image: np.ndarray, depth: int) -> np.ndarray | None:
+    """Gray <-> RGB to the model's depth (luma 0.299 R + 0.587 G + 0.114 B, as Pillow's
+    "L"; gray to RGB repeats the channel). None when no conversion applies."""
+    from convcli.images import LUMA_WEIGHTS
+
+    channels = image.shape[2]
+    if channels == depth:
+        return image
+    if depth == 1 and channels == 3:
+        return np.ascontiguousarray(image @ np.asarray(LUMA_WEIGHTS, np.float32))[:, :, None]
+    if depth == 3 and channels == 1:
+        return np.repeat(image, 3, axis=2)
+    return None
+
+
+def load_inputs(sources: list[str], input_shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """Read ``convcli run`` inputs into one float32 batch (N, *input_shape) and a label per sample.
+
+    Images become float32 in [0, 1] (8-bit / 255, 16-bit / 65535, alpha dropped); a gray
+    image for an RGB model is repeated on 3 channels and an RGB image for a 1-channel
+    model becomes luma. Images are never resized: a size that differs from the model's
+    input is an error naming both. ``.npy`` files hold one input (H, W, D) or a batch
+    (N, H, W, D) (or (units,) / (N, units) for a flat model), used as they are.
+
+    Raises:
+        InputError: unreadable file, wrong size or depth.
+    """
+    if not sources:
+        raise InputError("give at least one INPUT (an image or a .npy array)")
+    expected = tuple(input_shape)
+    arrays: list[np.ndarray] = []
+    labels: list[str] = []
+    for source in sources:
+        if source.lower().endswith(".npy"):
+            array = _load_npy(source)
+            single = tuple(array.shape) == expected
+            if single:
+                array = array[None]
+            if array.ndim != len(expected) + 1 or tuple(array.shape[1:]) != expected:
+                raise InputError(
+                    f"{source} holds an array of shape {_shape_text(array.shape)}; the model expects "
+                    f"{_shape_text(expected)} or a batch (N, {', '.join(map(str, expected))})"
+                )
+            arrays.append(array)
+            labels.extend([source] if single else [f"{source}[{i}]" for i in range(len(array))])
+            continue
+        if len(expected) != 3:
+            raise InputError(
+                f"{source}: the model takes flat inputs of shape {_shape_text(expected)}; give a .npy array, not an image"
+            )
+        from convcli.images import to_unit_float
+
+        image = to_unit_float(source)
+        converted = _convert_depth(image, expected[2])
+        if image.shape[:2] != expected[:2] or converted is None:
+            raise InputError(
+                f"image {source} is {'x'.join(map(str, image.shape))} (height x width x channels) but the "
+                f"model expects {'x'.join(map(str, expected))}; convcli run does not resize images"
+            )
+        arrays.append(converted[None])
+        labels.append(source)
+    return np.ascontiguousarray(np.concatenate(arrays), dtype=np.float32), labels
+
+
+def _load_npy(source: str) -> np.ndarray:
+    try:
+        array = np.load(source, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"input {source} does not exist") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"input {source} is not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray) or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool
+    ):
+        raise InputError(f"input {source} does not hold a numeric array")
+    return array.astype(np.float32, copy=False)
+
+
+def save_array(array: np.ndarray, path: str | Path) -> None:
+    """Write ``array`` as ``.npy`` atomically (temporary file in the same folder + rename)."""
+    path = Path(path)
+    _atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False))
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------
+# Pictures of feature maps (--save-maps)
+# --------------------------------------------------------------------------------------
+
+_MAX_GRID_SIDE = 4096
+_MIN_TILE = 48
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """Each map (the last axis indexes maps) scaled on its own from its min..max onto 0..255
+    (uint8); a constant map becomes 0.
+
+    >>> scale_maps(np.array([[[0.0, 5.0], [2.0, 5.0]]])).tolist()
+    [[[0, 0], [255, 0]]]
+    """
+    maps = maps.astype(np.float64)
+    low = maps.min(axis=(0, 1), keepdims=True)
+    span = maps.max(axis=(0, 1), keepdims=True) - low
+    scaled = np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+    return np.rint(scaled * 255).astype(np.uint8)
+
+
+def feature_map_grid(maps: np.ndarray, title: str) -> object:
+    """A labelled grid picture (Pillow image, mode "L") of the feature maps (H, W, D).
+
+    Maps are laid out in a near-square grid, each scaled to 0..255 on its own, enlarged
+    (nearest neighbour) to at least 48 pixels when small, subsampled when the grid would
+    exceed 4096 pixels; each tile is labelled with its map index, the grid with ``title``.
+    """
+    from PIL import Image, ImageDraw
+
+    h, w, d = maps.shape
+    cols = math.ceil(math.sqrt(d))
+    rows = math.ceil(d / cols)
+    step = max(1, math.ceil(cols * w / _MAX_GRID_SIDE), math.ceil(rows * h / _MAX_GRID_SIDE))
+    tiles = scale_maps(maps)[::step, ::step]
+    zoom = max(1, _MIN_TILE // max(tiles.shape[0], tiles.shape[1]))
+    if zoom > 1:
+        tiles = tiles.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    th, tw = tiles.shape[:2]
+    gap, label_h, title_h = 4, 12, 16
+    cell_w, cell_h = max(tw, 24) + gap, th + label_h + gap
+    canvas = Image.new("L", (max(cols * cell_w + gap, 8 * len(title) + 2 * gap), title_h + rows * cell_h + gap), 40)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((gap, 2), title, fill=255)
+    for index in range(d):
+        r, c = divmod(index, cols)
+        x0, y0 = gap + c * cell_w, title_h + r * cell_h
+        draw.text((x0, y0), str(index), fill=200)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(tiles[:, :, index])), (x0, y0 + label_h))
+    return canvas
+
+
+def save_feature_maps(
+    folder: str | Path, maps: list[tuple[str, str, np.ndarray]]
+) -> list[Path]:
+    """Write one PNG grid per entry ``(file stem, title, maps (H, W, D))`` into ``folder``
+    (created if needed), each atomically. Returns the paths written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--save-maps: {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, title, array in maps:
+        image = feature_map_grid(array, title)
+        path = folder / f"{stem}.png"
+        _atomic_write(path, lambda stream, image=image: image.save(stream, format="PNG"))  # type: ignore[attr-defined]
+        written.append(path)
+    return written

@@ -1,5 +1,275 @@
-"""`convcli run`: the command-line layer over the library core."""
+"""`convcli run`: the forward pass of a model on images or arrays (the command-line layer).
+
+The work is done by :mod:`convcli.spec` (the model), :mod:`convcli.forward` (weights,
+inputs, the pass itself, statistics, feature-map pictures) and :mod:`convcli.ops`. They
+and numpy are imported inside the command so ``convcli --help`` starts fast.
+"""
 
 from __future__ import annotations
 
-from convcli.cli._app import app  # noqa: F401
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from convcli.cli._app import app, err_console, out_console, print_json
+from convcli.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from convcli.forward import LayerStats
+    from convcli.layers import Model
+
+TOP_ROWS = 20
+"""Inputs listed in the top-5 table; --json and -o always carry every input."""
+
+
+def _number(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def _probability(p: float, digits: int = 4) -> str:
+    return f"{p:.{digits}f}" if p >= 10**-digits or p == 0 else f"{p:.1e}"
+
+
+_SHORT_TYPES = {
+    "MaxPooling2D": "MaxPool", "AveragePooling2D": "AvgPool", "GlobalAveragePooling2D": "GAP",
+    "GlobalMaxPooling2D": "GMP", "LocallyConnected2D": "Local", "BatchNormalization": "BatchNorm",
+    "ZeroPadding2D": "ZeroPad",
+}
+
+
+def _short_type(layer: Any) -> str:
+    """A compact type for the table: the activation's name, or Conv2D+relu for a fused one."""
+    function = getattr(layer, "function", None)
+    if function is not None:
+        return function
+    fused = getattr(layer, "activation", None)
+    base = _SHORT_TYPES.get(layer.type, layer.type)
+    return f"{base}+{fused}" if fused else base
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _check_output(path: Path | None, suffix: str, option: str) -> None:
+    if path is None:
+        return
+    if path.suffix.lower() != suffix:
+        raise InputError(f"{option} writes a {suffix} file; give a name ending in {suffix}. Received: {path}")
+    if path.is_dir():
+        raise InputError(f"{option}: {path} is a folder")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{option}: folder {folder} does not exist")
+
+
+def _sibling_weights(model_source: str) -> Path | None:
+    """``digits.npz`` beside ``digits.toml`` (or a Keras ``.json``)."""
+    lowered = model_source.lower()
+    if not (lowered.endswith(".toml") or lowered.endswith(".json")):
+        return None
+    candidate = Path(model_source).with_suffix(".npz")
+    return candidate if candidate.is_file() else None
+
+
+def _print_table(
+    model: Model, stats: list[LayerStats], labels: list[str], weights_note: str, wall: float
+) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    n = len(labels)
+    table = Table(
+        title=f"{escape(model.name)}: {n} input{'s' if n != 1 else ''} {_shape(tuple(model.input_shape))}, {escape(weights_note)}",
+        title_justify="left",
+    )
+    for header, justify in [("Layer", "left"), ("Type", "left"), ("Output", "right"), ("Time ms", "right"),
+                            ("Min", "right"), ("Mean", "right"), ("Max", "right"), ("Zeros", "right")]:
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for s in stats:
+        zeros = s.zero_fraction
+        table.add_row(
+            escape(s.layer.name), _short_type(s.layer), _shape(s.output_shape), f"{s.seconds * 1e3:.2f}",
+            _number(s.minimum), _number(s.mean), _number(s.maximum),
+            "" if zeros is None else f"{zeros:.1%}",
+        )
+    total = sum(s.seconds for s in stats)
+    table.add_section()
+    table.add_row("total", "", "", f"{total * 1e3:.2f}", "", "", "", "")
+    out_console.print(table)
+    out_console.print(f"forward pass {total * 1e3:.1f} ms, wall time {wall * 1e3:.1f} ms (including reading inputs)")
+
+
+def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    if len(labels) == 1:
+        table = Table(title=f"Top {len(top[0])}: {escape(labels[0])}", title_justify="left")
+        table.add_column("Rank", justify="right")
+        table.add_column("Class")
+        table.add_column("Probability", justify="right")
+        for rank, (_, name, p) in enumerate(top[0], 1):
+            table.add_row(str(rank), escape(name), _probability(p))
+        out_console.print(table)
+        return
+    shown = min(len(labels), TOP_ROWS)
+    table = Table(title=f"Top {len(top[0])} classes (probability)", title_justify="left")
+    table.add_column("Input", overflow="fold")
+    for rank in range(1, len(top[0]) + 1):
+        table.add_column(f"#{rank}", justify="right")
+    for label, row in zip(labels[:shown], top[:shown]):
+        table.add_row(escape(label), *(f"{escape(name)} {_probability(p, 3)}" for _, name, p in row))
+    out_console.print(table)
+    if shown < len(labels):
+        out_console.print(f"(first {shown} of {len(labels)} inputs; -o OUT.npy or --json give them all)")
+
+
+@app.command("run")
+def run_command(
+    model_source: str = typer.Argument(
+        ..., metavar="MODEL",
+        help='Arrow notation ("INPUT(28,28,1) => CONV(8,3) => RELU => ..."), a .toml file or a Keras .json file.',
+        show_default=False,
+    ),
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT...",
+        help="Images (read as float32 in [0, 1], never resized; gray/RGB converted to the model's depth) "
+        "or .npy arrays (H,W,D) or (N,H,W,D), used as they are.",
+        show_default=False,
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", "-w", metavar="W.npz",
+        help="Weights: keys <layer>.<param> in Keras layouts. Default: MODEL.npz beside a model file when "
+        "it exists and --seed is not given, else random (He normal) from --seed.",
+        show_default=False,
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", metavar="N", help="Seed of the random weights and of --train-dropout. [default: 0]",
+        show_default=False,
+    ),
+    save_weights: Path | None = typer.Option(
+        None, "--save-weights", metavar="W.npz", help="Write the parameters used (.npz).", show_default=False
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", metavar="OUT.npy", help="Write the final output (N, ...) as float32 .npy.",
+        show_default=False,
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document (output_shape, output, layers, top)."),
+    train_dropout: bool = typer.Option(
+        False, "--train-dropout", help="Apply inverted dropout (probability p, seeded by --seed) instead of the identity."
+    ),
+    save_maps: Path | None = typer.Option(
+        None, "--save-maps", metavar="DIR",
+        help="Write per layer one PNG grid of the feature maps of the first input (each map scaled to 0..255).",
+        show_default=False,
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Inputs per forward batch (bounds memory)."),
+) -> None:
+    """Run a model forward on images or arrays: per-layer shapes, timings, statistics, top classes."""
+    started = time.perf_counter()
+    from rich.markup import escape
+
+    from convcli import forward
+    from convcli.spec import load_model
+
+    model = load_model(model_source)
+    model.shapes()
+    _check_output(output, ".npy", "-o")
+    _check_output(save_weights, ".npz", "--save-weights")
+    if weights is not None and seed is not None:
+        raise InputError("give either --weights W.npz or --seed N (random weights), not both")
+    if save_maps is not None and save_maps.exists() and not save_maps.is_dir():
+        raise InputError(f"--save-maps: {save_maps} exists and is not a folder")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer. Received: {batch_size}")
+
+    x, labels = forward.load_inputs(inputs, tuple(model.input_shape))
+
+    sibling = _sibling_weights(model_source) if weights is None and seed is None else None
+    weights_path = weights if weights is not None else sibling
+    if weights_path is not None:
+        params = forward.load_weights(model, weights_path)
+        weights_note = f"weights {weights_path}" + (" (found beside the model)" if sibling else "")
+    else:
+        params = forward.init_params(model, seed=seed or 0)
+        weights_note = f"random weights (He normal, seed {seed or 0})"
+
+    stats, collect = forward.layer_stats(model)
+    # feature maps of the first input: the input itself, then every layer with a 3-D output
+    maps: dict[str, tuple[str, str, Any]] = {}
+    if save_maps is not None and len(model.input_shape) == 3:
+        maps["input"] = ("00-input", f"input {_shape(tuple(model.input_shape))}", x[0])
+    position = {layer.name: index for index, layer in enumerate(model.layers, 1)}
+
+    def on_layer(layer: Any, out: np.ndarray, seconds: float) -> None:
+        collect(layer, out, seconds)
+        if save_maps is not None and out.ndim == 4 and layer.name not in maps:
+            maps[layer.name] = (f"{position[layer.name]:02d}-{layer.name}",
+                                f"{layer.name} ({layer.type}) {_shape(out.shape[1:])}", out[0].copy())
+
+    progress = None
+    on_batch = None
+    if len(x) > batch_size and err_console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("forward"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=err_console, transient=True)
+        task = progress.add_task("forward", total=len(x))
+
+        def on_batch(done: int) -> None:
+            progress.advance(task, done)
+
+        progress.start()
+    try:
+        result = forward.run_batches(model, x, params, batch_size=batch_size, train_dropout=train_dropout,
+                                     seed=seed or 0, on_layer=on_layer, on_batch=on_batch)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+    if output is not None:
+        forward.save_array(result, output)
+    if save_weights is not None:
+        forward.save_weights(params, save_weights)
+    written = forward.save_feature_maps(save_maps, list(maps.values())) if save_maps is not None else []
+
+    top = forward.top_k(result, 5, model.class_names) if forward.is_softmax_output(model) else None
+    if json_output:
+        document: dict[str, object] = {
+            "model": model.name,
+            "inputs": labels,
+            "weights": str(weights_path) if weights_path is not None else None,
+            "seed": None if weights_path is not None else (seed or 0),
+            "output_shape": list(result.shape),
+            "output": result.tolist(),
+            "layers": [s.to_json() for s in stats],
+        }
+        if top is not None:
+            document["top"] = [
+                [{"index": i, "class": name, "probability": p} for i, name, p in row] for row in top
+            ]
+        if save_maps is not None:
+            document["maps"] = [str(p) for p in written]
+        print_json(document)
+        return
+    _print_table(model, stats, labels, weights_note, time.perf_counter() - started)
+    if top is not None:
+        _print_top(top, labels)
+    if output is not None:
+        out_console.print(f"wrote {escape(str(output))} (float32 {_shape(result.shape)})")
+    if save_weights is not None:
+        out_console.print(f"wrote {escape(str(save_weights))} ({len(params)} arrays)")
+    if written:
+        out_console.print(f"wrote {len(written)} feature-map grids into {escape(str(save_maps))}")
