@@ -382,6 +382,10 @@ def _parse_layer_token(token: str, column: int) -> _Item:
     return _bind(word, positional, keywords, where, token)
 
 
+MAX_LAYERS = 100_000
+"""Refuse repetitions that expand beyond this many layers (``[RELU] * 10**9``)."""
+
+
 def parse_arrow(text: str, name: str = "model") -> L.Model:
     """Parse the lecture's arrow notation, e.g.
     ``INPUT(224,224,3) => [CONV(64,3,pad=1) => RELU] * 2 => POOL(2) => FC(1000) => SOFTMAX``.
@@ -427,6 +431,10 @@ def parse_arrow(text: str, name: str = "model") -> L.Model:
                             raise ModelError(f"column {col}: expected a positive repeat count after '*'")
                         count = int(num[1])
                         pos += 1
+                    if len(items) + count * len(group) > MAX_LAYERS:
+                        raise ModelError(
+                            f"column {column}: the repetition makes more than {MAX_LAYERS:,} layers"
+                        )
                     for _ in range(count):
                         items.extend(_Item(i.kind, dict(i.args), i.where, i.text) for i in group)
                 else:
@@ -811,4 +819,6 @@ def load_model(source: str) -> L.Model:
         if not path.is_file():
             raise InputError(f"model file {source} does not exist")
         return load_toml(path) if lowered.endswith(".toml") else load_keras_json(path)
+    if "(" not in source and Path(source).is_file():
+        raise InputError(f"model file {source}: expected a .toml or a Keras .json file")
     return parse_arrow(source)

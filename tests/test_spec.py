@@ -419,3 +419,12 @@ def test_toml_weights_path_is_relative_to_the_file(tmp_path: Path) -> None:
     assert spec.parse_arrow("INPUT(4,4,1) => RELU").weights_path is None
     with pytest.raises(ModelError, match="`weights` must be a path"):
         spec.load_toml(_write(folder, 'weights = 3\ninput = [4, 4, 1]\n[[layers]]\ntype = "relu"\n'))
+
+
+def test_huge_repetition_and_other_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"^column 17: the repetition makes more than 100,000 layers"):
+        spec.parse_arrow("INPUT(4,4,1) => [RELU => [TANH] * 1000] * 1000")
+    other = tmp_path / "model.txt"
+    other.write_text("INPUT(4,4,1) => RELU")
+    with pytest.raises(InputError, match="expected a .toml or a Keras .json file"):
+        spec.load_model(str(other))
