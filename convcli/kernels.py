@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -64,7 +64,7 @@ ENV_VAR = "CONVCLI_KERNEL_PATH"
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 _KERNEL_KEYS = ("name", "description", "scale", "matrix", "source")
 _PAIR_KEYS = ("name", "description", "x", "y", "source")
-_TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat", ".mat")
+_TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -286,9 +286,7 @@ def _load_npy(path: Path) -> Kernel:
         raise KernelError(f"{path}: not a readable .npy array ({exc})") from None
     if array.ndim != 2 or array.size == 0:
         raise KernelError(f"{path}: a kernel must be a non-empty 2-D array. Received shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)) or np.issubdtype(
-        array.dtype, np.bool_
-    ):
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise KernelError(f"{path}: a kernel must hold real numbers. Received dtype {array.dtype}")
     weights = array.astype(np.float64)
     if not np.all(np.isfinite(weights)):
@@ -460,7 +458,9 @@ def builtin_folder(package_dir: Path | None = None) -> Path:
     return shipped if shipped.is_dir() else package_dir.parent / "kernels"
 
 
-def kernel_folders(extra_paths: Sequence[Path | str] = (), environ: dict[str, str] | None = None) -> list[Path]:
+def kernel_folders(
+    extra_paths: Sequence[Path | str] = (), environ: Mapping[str, str] | None = None
+) -> list[Path]:
     """User kernel folders in priority order: ``--kernel-path`` ones, then ``CONVCLI_KERNEL_PATH``.
 
     Raises:
@@ -499,7 +499,7 @@ class KernelLibrary:
         self._cache: dict[Path, dict[str, Kernel | GradientPair]] = {}
 
     @classmethod
-    def from_environment(cls, extra_paths: Sequence[Path | str] = ()) -> "KernelLibrary":
+    def from_environment(cls, extra_paths: Sequence[Path | str] = ()) -> KernelLibrary:
         """``--kernel-path`` folders, then ``CONVCLI_KERNEL_PATH``, then the built-ins."""
         return cls(kernel_folders(extra_paths))
 

@@ -328,6 +328,7 @@ def test_npy_kernel(tmp_path: Path) -> None:
         (np.zeros((0, 3)), r"non-empty 2-D array"),
         (np.array([[1.0, np.nan]]), r"NaN and infinite"),
         (np.array([["a", "b"]]), r"real numbers"),
+        (np.array([[True, False]]), r"real numbers\. Received dtype bool"),
     ],
 )
 def test_bad_npy_kernels(tmp_path: Path, array: np.ndarray, message: str) -> None:
