@@ -83,7 +83,7 @@ def _sum_line(result: Explanation) -> str:
 @app.command("explain")
 def explain_command(
     image: str | None = typer.Argument(
-        None, metavar="[IMAGE]", help="Image (or .npy) to take the region from, with --at X,Y."
+        None, metavar="IMAGE", help="Image (or .npy) to take the region from, with --at X,Y."
     ),
     kernel: str = typer.Option(
         ..., "--kernel", "-k", metavar="K", help="Library name, kernel file or inline matrix."

@@ -134,7 +134,7 @@ def _show_kernel(kernel: Kernel, overrides: bool) -> None:
 @app.command("kernels")
 def kernels_command(
     name: str | None = typer.Argument(
-        None, metavar="[NAME]", help="A library name, a kernel file or an inline matrix to show."
+        None, metavar="NAME", help="A library name, a kernel file or an inline matrix to show."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (effective values, scale applied)."),
     kernel_path: list[Path] = typer.Option(
