@@ -97,3 +97,11 @@ def test_every_png_digit_is_classified(cli, samples: Path, digit: int) -> None:
     assert result.exit_code == 0, result.stderr
     probabilities = np.asarray(json.loads(result.stdout)["output"]).reshape(-1, 10)[0]
     assert probabilities.argmax() == digit
+
+
+def test_run_without_weights_option_uses_the_trained_weights(cli, samples: Path) -> None:
+    # the command: the model file names its weights (weights = "digits.npz")
+    result = cli("run", str(samples / "digits.toml"), str(samples / "digit-7.png"), "--json")
+    assert result.exit_code == 0, result.stderr
+    probabilities = np.asarray(json.loads(result.stdout)["output"]).reshape(-1, 10)[0]
+    assert probabilities.argmax() == 7 and probabilities[7] > 0.9
