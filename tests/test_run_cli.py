@@ -46,7 +46,7 @@ def test_digits_demo_prints_seven(cli, samples: Path) -> None:
     result = cli("run", str(samples / "digits.toml"), str(samples / "digit-7.png"))
     assert result.exit_code == 0, result.stderr
     text = result.stdout
-    assert "found beside the model" in text
+    assert "named by the model file" in text
     for name in ("conv1", "relu1", "pool1", "fc2", "softmax1", "Zeros", "8x8x16", "Top 5"):
         assert name in text
     rank_one = next(line for line in text.splitlines() if line.strip("│ ").startswith("1 "))
@@ -134,6 +134,20 @@ def test_class_names_from_the_model_file(cli, tmp_path: Path) -> None:
     assert [row.split("│")[2].strip() for row in top] == ["owl", "cat", "dog"]
     p_owl = np.exp(4) / (np.exp(4) + 2)  # logits 0, 0, 4
     assert f"{p_owl:.4f}" in top[0]
+
+
+def test_weights_named_by_a_toml_model(cli, tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text('input = [3]\nweights = "sub/w.npz"\n[[layers]]\ntype = "fc"\nunits = 1\n')
+    np.save(tmp_path / "x.npy", np.array([1.0, 2.0, 3.0], np.float32))
+    result = cli("run", str(toml), str(tmp_path / "x.npy"))
+    assert_error(result, "sub/w.npz does not exist")
+    (tmp_path / "sub").mkdir()
+    np.savez(tmp_path / "sub" / "w.npz", **{"fc1.kernel": np.array([[1.0], [10.0], [100.0]], np.float32),
+                                             "fc1.bias": np.array([0.5], np.float32)})
+    assert run_json(cli, str(toml), str(tmp_path / "x.npy"), "--seed", "5")["output"] == [[321.5]]
+    np.savez(tmp_path / "other.npz", **{"fc1.kernel": np.ones((3, 1), np.float32), "fc1.bias": np.zeros(1, np.float32)})
+    assert run_json(cli, str(toml), str(tmp_path / "x.npy"), "--weights", str(tmp_path / "other.npz"))["output"] == [[6.0]]
 
 
 def test_train_dropout(cli, tmp_path: Path) -> None:
@@ -226,7 +240,7 @@ def test_wrongly_shaped_weights(cli, batch: Path, tmp_path: Path) -> None:
     (["-o", "{d}/nope/out.npy"], ["folder", "does not exist"]),
     (["--save-weights", "{d}/w.npy"], ["ending in .npz"]),
     (["--weights", "{d}/missing.npz"], ["missing.npz does not exist"]),
-    (["--weights", "{d}/batch.npy", "--seed", "1"], ["not both"]),
+    (["--weights", "{d}/batch.npy", "--seed", "1"], ["single array, not a .npz"]),
     (["--batch-size", "0"], ["--batch-size must be a positive integer"]),
 ])
 def test_option_errors(cli, batch: Path, tmp_path: Path, args: list[str], fragments: list[str]) -> None:

@@ -74,15 +74,6 @@ def _check_output(path: Path | None, suffix: str, option: str) -> None:
         raise InputError(f"{option}: folder {folder} does not exist")
 
 
-def _sibling_weights(model_source: str) -> Path | None:
-    """``digits.npz`` beside ``digits.toml`` (or a Keras ``.json``)."""
-    lowered = model_source.lower()
-    if not (lowered.endswith(".toml") or lowered.endswith(".json")):
-        return None
-    candidate = Path(model_source).with_suffix(".npz")
-    return candidate if candidate.is_file() else None
-
-
 def _print_table(
     model: Model, stats: list[LayerStats], labels: list[str], weights_note: str, wall: float
 ) -> None:
@@ -151,8 +142,8 @@ def run_command(
     ),
     weights: Path | None = typer.Option(
         None, "--weights", "-w", metavar="W.npz",
-        help="Weights: keys <layer>.<param> in Keras layouts. Default: MODEL.npz beside a model file when "
-        "it exists and --seed is not given, else random (He normal) from --seed.",
+        help="Weights: keys <layer>.<param> in Keras layouts. Default: the file a TOML model names "
+        '(weights = "x.npz"), else random (He normal) from --seed.',
         show_default=False,
     ),
     seed: int | None = typer.Option(
@@ -188,8 +179,6 @@ def run_command(
     model.shapes()
     _check_output(output, ".npy", "-o")
     _check_output(save_weights, ".npz", "--save-weights")
-    if weights is not None and seed is not None:
-        raise InputError("give either --weights W.npz or --seed N (random weights), not both")
     if save_maps is not None and save_maps.exists() and not save_maps.is_dir():
         raise InputError(f"--save-maps: {save_maps} exists and is not a folder")
     if batch_size < 1:
@@ -197,11 +186,11 @@ def run_command(
 
     x, labels = forward.load_inputs(inputs, tuple(model.input_shape))
 
-    sibling = _sibling_weights(model_source) if weights is None and seed is None else None
-    weights_path = weights if weights is not None else sibling
+    # --weights wins; else the weights a TOML model names; else random from --seed
+    weights_path = weights if weights is not None else model.weights_path
     if weights_path is not None:
         params = forward.load_weights(model, weights_path)
-        weights_note = f"weights {weights_path}" + (" (found beside the model)" if sibling else "")
+        weights_note = f"weights {weights_path}" + (" (named by the model file)" if weights is None else "")
     else:
         params = forward.init_params(model, seed=seed or 0)
         weights_note = f"random weights (He normal, seed {seed or 0})"
@@ -251,7 +240,7 @@ def run_command(
             "model": model.name,
             "inputs": labels,
             "weights": str(weights_path) if weights_path is not None else None,
-            "seed": None if weights_path is not None else (seed or 0),
+            "seed": seed or 0,
             "output_shape": list(result.shape),
             "output": result.tolist(),
             "layers": [s.to_json() for s in stats],
