@@ -11,13 +11,13 @@ from convcli.cli._app import app, fail, out_console, print_json
 
 
 def readable_size(n_bytes: int) -> str:
-    """Bytes as Keras' summary prints them (1024-based): ``527.79 MB``."""
+    """Bytes as Keras' summary prints them (1024-based, two decimals): ``527.79 MB``, ``0.00 B``."""
     size = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.2f} {unit}" if unit != "B" else f"{n_bytes} B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024:
+            return f"{size:.2f} {unit}"
         size /= 1024
-    return f"{size:.2f} TB"  # pragma: no cover
+    return f"{size:.2f} PB"
 
 
 def readable_count(n: int) -> str:
