@@ -286,11 +286,23 @@ def compute(name: str, y_true: ArrayLike, y_pred: ArrayLike) -> float:
 _NUMBER_SPLIT = re.compile(r"[\s,]+")
 
 
+def _is_header(line: str) -> bool:
+    """True when no token of the line is a number (a CSV header)."""
+    for token in _NUMBER_SPLIT.split(line):
+        try:
+            float(token)
+        except ValueError:
+            continue
+        return False
+    return True
+
+
 def parse_values(text: str, *, label: str = "values") -> np.ndarray:
     """Parse numbers written as text: rows split by ``;`` or new lines, values by spaces
     or commas. One row gives a 1-D array (one sample), several rows a 2-D array.
 
-    Lines starting with ``#`` are comments.
+    Lines starting with ``#`` are comments. A first line with no number at all (a CSV
+    header such as ``y_true,y_pred``) is skipped.
 
     >>> parse_values("1 0 0; 0 1 0").shape
     (2, 3)
@@ -301,10 +313,15 @@ def parse_values(text: str, *, label: str = "values") -> np.ndarray:
         InputError: a value that is not a number, rows of different lengths, no values.
     """
     rows: list[list[float]] = []
+    first = True
     for line in re.split(r"[;\n\r]", text):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if first and _is_header(line):
+            first = False
+            continue
+        first = False
         row: list[float] = []
         for token in _NUMBER_SPLIT.split(line):
             if not token:

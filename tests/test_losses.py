@@ -244,6 +244,7 @@ def test_parse_inline_rows_and_single_value() -> None:
     [
         ("1 2; 3", r"rows have different lengths \(2, 1\)"),
         ("1 two", r"'two' is not a number"),
+        ("y\n1\nthree", r"'three' is not a number"),
         ("1 inf", r"'inf' is not a finite number"),
         (" ;  ", r"no numbers found"),
     ],
@@ -299,3 +300,9 @@ def test_leading_axis_of_one_is_one_sample() -> None:
     assert y.shape == p.shape == (1, 3)
     with pytest.raises(InputError, match=r"true shape=\(3, 1\), pred shape=\(1, 3\)"):
         losses.prepare(np.ones((3, 1)), np.ones((1, 3)))
+
+
+def test_csv_header_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "y.csv"
+    path.write_text("cat,dog\n1,0\n0,1\n")
+    np.testing.assert_array_equal(losses.read_values(str(path)), [[1, 0], [0, 1]])
