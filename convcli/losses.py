@@ -314,12 +314,14 @@ def parse_values(text: str, *, label: str = "values") -> np.ndarray:
     """
     rows: list[list[float]] = []
     first = True
+    header = ""
     for line in re.split(r"[;\n\r]", text):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if first and _is_header(line):
             first = False
+            header = line
             continue
         first = False
         row: list[float] = []
@@ -339,7 +341,8 @@ def parse_values(text: str, *, label: str = "values") -> np.ndarray:
         if row:
             rows.append(row)
     if not rows:
-        raise InputError(f"{label}: no numbers found")
+        seen = f" ({header!r} holds no number)" if header else ""
+        raise InputError(f"{label}: no numbers found{seen}")
     lengths = {len(row) for row in rows}
     if len(lengths) > 1:
         raise InputError(
