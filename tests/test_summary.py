@@ -172,3 +172,39 @@ def test_layer_arithmetic_four_and_a_half() -> None:
     # with S=3, the paddings 1, 4, 7 give (7 + 2P)/3 whole
     with pytest.raises(ShapeError, match="Paddings that fit with S=3: 1, 4, 7"):
         S.layer_arithmetic(10, kernel=3, stride=3)
+
+
+# ---- optional cross-check: whole random models against PyTorch ---------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(12, 40),
+    depth=st.integers(1, 3),
+    convs=st.lists(st.tuples(st.integers(1, 6), st.sampled_from([1, 3, 5]), st.booleans()), min_size=1, max_size=3),
+    units=st.lists(st.integers(1, 20), min_size=1, max_size=2),
+)
+def test_totals_against_torch(size: int, depth: int, convs: list[tuple[int, int, bool]], units: list[int]) -> None:
+    torch = pytest.importorskip("torch")
+    parts = [f"INPUT({size},{size},{depth})"]
+    modules = []
+    channels, side = depth, size
+    for filters, kernel, pool in convs:
+        pad = kernel // 2  # odd kernels with pad (F-1)/2 keep the size (the lecture's zero padding)
+        parts += [f"CONV({filters},{kernel},pad={pad})", "RELU"]
+        modules += [torch.nn.Conv2d(channels, filters, kernel, padding=pad), torch.nn.ReLU()]
+        channels = filters
+        if pool and side % 2 == 0:
+            parts.append("POOL(2)")
+            modules.append(torch.nn.MaxPool2d(2))
+            side //= 2
+    modules.append(torch.nn.Flatten())
+    inputs = channels * side * side
+    for n in units:
+        parts.append(f"FC({n})")
+        modules.append(torch.nn.Linear(inputs, n))
+        inputs = n
+    net = torch.nn.Sequential(*modules).to("meta")
+    s = S.summarize(parse_arrow(" => ".join(parts)))
+    assert s.total_params == sum(p.numel() for p in net.parameters())
+    assert s.output_shape == tuple(net(torch.empty(1, depth, size, size, device="meta")).shape[1:])
