@@ -20,6 +20,7 @@ _MAX_ROWS_SHOWN = 10
 def loss_command(
     name: str = typer.Argument(
         ...,
+        metavar="NAME",
         help="mse, mae, mape, msle, binary-crossentropy or categorical-crossentropy "
         "(Keras' long names work too).",
     ),
