@@ -337,20 +337,20 @@ def _integer_pixels(
     data: np.ndarray, bit_depth: int, *, rescale: bool, absolute: bool
 ) -> np.ndarray:
     """Round to nearest and clip to 0..2**bit_depth-1 (after --abs / --rescale)."""
-    top = float(2**bit_depth - 1)
-    work = np.array(data, dtype=np.float32, copy=True)
-    if absolute:
-        np.abs(work, out=work)
-    np.nan_to_num(work, copy=False, nan=0.0, posinf=top, neginf=0.0)
+    top = np.float32(2**bit_depth - 1)
+    work = np.abs(data, dtype=np.float32) if absolute else None
     if rescale:
-        lo, hi = float(work.min()), float(work.max())
+        source = data if work is None else work
+        lo, hi = float(np.nanmin(source)), float(np.nanmax(source))
         if hi > lo:
-            work -= np.float32(lo)
-            work *= np.float32(top / (hi - lo))
+            work = np.subtract(source, np.float32(lo), dtype=np.float32)
+            work *= np.float32(float(top) / (hi - lo))
         else:
-            work.fill(0.0)
-    np.rint(work, out=work)
-    np.clip(work, 0.0, top, out=work)
+            work = np.zeros(data.shape, dtype=np.float32)
+    work = np.rint(data if work is None else work, out=work, dtype=np.float32)
+    # fmax/fmin rather than clip: they also send NaN to 0 (and inf to the ends) in one pass
+    np.fmax(work, np.float32(0), out=work)
+    np.fmin(work, top, out=work)
     return work.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
@@ -367,12 +367,10 @@ def _npy_values(data: np.ndarray, *, rescale: bool, absolute: bool) -> np.ndarra
     return work
 
 
-def _pil_image(
+def _output_pixels(
     data: np.ndarray, like: LoadedImage, *, rescale: bool, absolute: bool
-) -> tuple[PILImage.Image, bool]:
-    """The Pillow image to save; also whether the input's alpha had to be dropped."""
-    from PIL import Image
-
+) -> tuple[np.ndarray, str, bool]:
+    """Pixels (H, W, C) in the output's dtype, their Pillow mode, and whether alpha was dropped."""
     height, width, channels = data.shape
     alpha = like.alpha
     dropped = alpha is not None and alpha.shape != (height, width)
@@ -381,27 +379,106 @@ def _pil_image(
     if like.mode == "F" or (like.bit_depth is None and like.mode != "npy"):
         if channels != 1:
             raise InputError(f"cannot write a {channels}-channel float image")
-        plane = _npy_values(data[:, :, 0], rescale=rescale, absolute=absolute)
-        return Image.frombytes("F", (width, height), plane.tobytes()), dropped
+        return _npy_values(data, rescale=rescale, absolute=absolute), "F", dropped
 
     depth = like.bit_depth or 8
     pixels = _integer_pixels(data, depth, rescale=rescale, absolute=absolute)
     if depth == 16:
         if channels != 1:
             raise InputError("16-bit output is supported for one (gray) channel only")
-        return Image.frombytes("I;16", (width, height), pixels.astype("<u2").tobytes()), dropped
+        return pixels, "I;16", dropped
     if like.mode == "CMYK" and channels == 4:
-        mode = "CMYK"
+        return pixels, "CMYK", dropped
+    if alpha is not None:
+        pixels = np.concatenate([pixels, alpha.astype(np.uint8)[:, :, None]], axis=2)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(pixels.shape[2])
+    if mode is None:
+        raise InputError(
+            f"cannot write {channels} channels as an image (1 to 4 allowed); write .npy instead"
+        )
+    return pixels, mode, dropped
+
+
+#: PNG colour types by Pillow mode (PNG specification, table 11.1).
+_PNG_COLOUR_TYPES = {"L": 0, "I;16": 0, "RGB": 2, "LA": 4, "RGBA": 6}
+#: Below this many bytes, one deflate stream; above, slices compressed in parallel.
+_PNG_SLICE_BYTES = 2 << 20
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind)))
+
+
+def _write_png(stream: BinaryIO, pixels: np.ndarray, mode: str, level: int, icc: bytes | None) -> None:
+    """Write an 8- or 16-bit PNG faster than Pillow, with the same pixels.
+
+    Two measured choices: every row uses the PNG "Up" filter, computed with one numpy
+    subtraction (Pillow tries several filters per row: slower, ~5% smaller files), and
+    the filtered rows are deflated in slices on all cores (zlib releases the GIL), each
+    slice ending on a byte boundary (Z_FULL_FLUSH) so the slices concatenate into one
+    valid stream, as pigz does. On a 3840x2160 RGB photo this writes in about a third of
+    Pillow's time at level 1.
+    """
+    import struct
+    import zlib
+
+    height, width, channels = pixels.shape
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    if depth == 16:
+        pixels = pixels.astype(">u2")
+    rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # "Up": each byte minus the byte above (the row above row 0 is zeros)
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+
+    slices = max(1, min(os.cpu_count() or 1, filtered.nbytes // _PNG_SLICE_BYTES))
+    bounds = [height * i // slices for i in range(slices + 1)]
+    parts = [memoryview(filtered[bounds[i] : bounds[i + 1]]).cast("B") for i in range(slices)]
+
+    def deflate(index: int) -> bytes:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        last = index == slices - 1
+        return compressor.compress(parts[index]) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+
+    if slices == 1:
+        bodies = [deflate(0)]
     else:
-        by_channels = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-        if alpha is not None:
-            pixels = np.dstack([pixels, alpha.astype(np.uint8)])
-        mode = by_channels.get(pixels.shape[2]) if pixels.ndim == 3 else "L"
-        if mode is None:
-            raise InputError(
-                f"cannot write {channels} channels as an image (1 to 4 allowed); write .npy instead"
-            )
-    return Image.frombytes(mode, (width, height), np.ascontiguousarray(pixels).tobytes()), dropped
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=slices) as pool:
+            bodies = list(pool.map(deflate, range(slices)))
+    checksum = 1
+    for part in parts:
+        checksum = zlib.adler32(part, checksum)
+    # zlib header: deflate, 32K window (0x78); FLEVEL/FCHECK as zlib writes them per level
+    header = b"\x78" + (b"\x01" if level < 2 else b"\x5e" if level < 6 else b"\x9c" if level == 6 else b"\xda")
+    idat = b"".join([header, *bodies, struct.pack(">I", checksum)])
+
+    stream.write(b"\x89PNG\r\n\x1a\n")
+    stream.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, _PNG_COLOUR_TYPES[mode], 0, 0, 0)))
+    if icc:
+        stream.write(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc)))
+    stream.write(_png_chunk(b"IDAT", idat))
+    stream.write(_png_chunk(b"IEND", b""))
+
+
+def _from_array(pixels: np.ndarray, mode: str) -> PILImage.Image:
+    """A Pillow image of ``mode`` from (H, W, C) pixels (fromarray shares the buffer: fast)."""
+    from PIL import Image
+
+    planes = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+    if mode != "CMYK":
+        image = Image.fromarray(planes)
+        if image.mode == mode:
+            return image
+    height, width = pixels.shape[:2]
+    if mode == "I;16":
+        pixels = pixels.astype("<u2")  # I;16 is little-endian whatever the machine
+    return Image.frombytes(mode, (width, height), pixels.tobytes())
 
 
 def encode_image(
@@ -445,7 +522,7 @@ def _encode_into(
             values = values[:, :, 0]
         np.save(stream, values, allow_pickle=False)
         return False
-    image, dropped = _pil_image(data, like, rescale=rescale, absolute=absolute)
+    pixels, mode, dropped = _output_pixels(data, like, rescale=rescale, absolute=absolute)
     options: dict[str, Any] = {}
     if fmt == "PNG":
         if not 0 <= compress_level <= 9:
@@ -453,9 +530,13 @@ def _encode_into(
                 f"Unknown value for compress_level. Allowed values are: 0 to 9. "
                 f"Received: compress_level={compress_level}"
             )
+        if mode in _PNG_COLOUR_TYPES:
+            _write_png(stream, pixels, mode, compress_level, like.info.get("icc_profile"))
+            return dropped
         options["compress_level"] = compress_level
     if like.info.get("icc_profile") and fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
         options["icc_profile"] = like.info["icc_profile"]
+    image = _from_array(pixels, mode)
     try:
         image.save(stream, format=fmt, **options)
     except (OSError, KeyError, ValueError, TypeError) as exc:

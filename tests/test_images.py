@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convcli import images
 from convcli.errors import InputError
 from convcli.images import (
     DEFAULT_MAX_PIXELS,
@@ -300,20 +301,50 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.jpg"]
 
 
-def test_interrupted_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "out.png"
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_interrupted_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    target = tmp_path / f"out{suffix}"
     target.write_bytes(b"precious")
     loaded = read_image(SAMPLES / "camera.png")
 
-    def broken_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
-        fp.write(b"\x89PNG half")  # type: ignore[attr-defined]
+    def broken_writer(*args: object, **kwargs: object) -> None:
+        stream = args[1] if isinstance(args[0], Image.Image) else args[0]
+        stream.write(b"\x89PNG half")  # type: ignore[attr-defined]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(Image.Image, "save", broken_writer)  # Pillow's writers (TIFF, ...)
+    monkeypatch.setattr(images, "_write_png", broken_writer)  # convcli's own PNG writer
     with pytest.raises(KeyboardInterrupt):
         write_image(loaded.data, target, like=loaded)
     assert target.read_bytes() == b"precious"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16"])
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_png_writer_is_lossless_in_slices(monkeypatch: pytest.MonkeyPatch, mode: str, level: int) -> None:
+    rng = np.random.default_rng(1)
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1}[mode]
+    top = 65535 if mode == "I;16" else 255
+    # smooth photo-like content plus noise, 97 rows so the slices are uneven
+    base = np.linspace(0, top, 97 * 61 * channels).reshape(97, 61, channels)
+    values = np.clip(base + rng.normal(0, top / 20, base.shape), 0, top).round()
+    like = images.LoadedImage(values[:, :, :1].astype(np.float32), None, mode, 16 if mode == "I;16" else 8)
+    like.info = {"icc_profile": b"not a real profile, carried as bytes"}
+    data = values.astype(np.float32)
+    if mode in ("LA", "RGBA"):
+        like.alpha = values[:, :, -1].astype(np.uint8)
+        data = data[:, :, :-1]
+    monkeypatch.setattr(images, "_PNG_SLICE_BYTES", 1000)
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 5)
+    payload, _ = encode_image(data, like=like, fmt="PNG", compress_level=level)
+    image = decode(payload)
+    assert image.mode == mode
+    assert image.info.get("icc_profile") == like.info["icc_profile"]
+    array = np.asarray(image)
+    np.testing.assert_array_equal(array.reshape(values.shape), values)
 
 
 def test_missing_output_folder(tmp_path: Path) -> None:
