@@ -54,7 +54,8 @@ def test_human_output_lists_per_sample_values(cli) -> None:
 def test_files_csv_and_npy(cli, tmp_path: Path) -> None:
     (tmp_path / "y.csv").write_text("10,20\n30,40\n")
     np.save(tmp_path / "p.npy", np.array([[11.0, 18.0], [30.0, 44.0]]))
-    result = cli("loss", "mape", "--true", str(tmp_path / "y.csv"), "--pred", str(tmp_path / "p.npy"), "--json")
+    y, p = str(tmp_path / "y.csv"), str(tmp_path / "p.npy")
+    result = cli("loss", "mape", "--true", y, "--pred", p, "--json")
     assert result.exit_code == 0, result.stderr
     # 100 * mean(1/10, 2/20) = 10 ; 100 * mean(0, 4/40) = 5
     assert json.loads(result.stdout)["per_sample"] == pytest.approx([10.0, 5.0])
