@@ -90,7 +90,8 @@ def output_size(
                 hint = ""
                 if isinstance(padding, int) or padding == "valid":
                     padding_int = 0 if padding == "valid" else int(padding)
-                    strides = fitting_strides(n, f, padding_int)
+                    # strides beyond half the image keep one or two pixels: not worth suggesting
+                    strides = [s for s in fitting_strides(n, f, padding_int, limit=6) if s <= max(1, n // 2)][:3]
                     paddings = fitting_paddings(n, f, stride)
                     fits = []
                     if strides:
