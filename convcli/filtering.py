@@ -142,11 +142,34 @@ class Plan:
     rows: tuple[np.ndarray, ...] = ()
 
 
+def _cross_terms(w: np.ndarray, rank: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``rank`` steps of cross approximation with full pivoting (skeleton decomposition).
+
+    Each step takes the largest remaining entry w[i, j] and removes the outer product of
+    its column with its row divided by it. Factors are then columns and rows of the
+    kernel itself, so integer and dyadic kernels (Sobel, binomial, Laplacian) split
+    into factors that are exact in float32, unlike the SVD's square roots.
+    """
+    residual = w.copy()
+    cols: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for _ in range(rank):
+        i, j = np.unravel_index(np.argmax(np.abs(residual)), residual.shape)
+        pivot = residual[i, j]
+        if pivot == 0.0:
+            break
+        cols.append(residual[:, j].copy())
+        rows.append(residual[i, :] / pivot)
+        residual -= np.outer(cols[-1], rows[-1])
+    return cols, rows
+
+
 def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Exact sum-of-outer-products form of ``w`` with as few terms as possible.
 
-    Tries the SVD truncated to rank r = 1, 2, ...; a rank is accepted only when both the
-    reconstruction error and the rounding that the separate passes add stay within a few
+    For r = 1, 2, ... tries cross approximation, then the SVD truncated to rank r; a
+    form is accepted only when, with its factors rounded to float32, both the
+    reconstruction error and the rounding the separate passes add stay within a few
     float32 units of ``sum |w|`` (the size of one output's float32 rounding per unit of
     input). Falls back to the kernel's own rows (or columns), which is always exact.
     """
@@ -156,18 +179,18 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
         return [np.zeros(kh)], [np.zeros(kw)]
     u, s, vt = np.linalg.svd(w)
     for r in range(1, min(kh, kw)):
-        if s[r - 1] == 0.0:
-            break
-        cols = [u[:, i] * np.sqrt(s[i]) for i in range(r)]
-        rows = [vt[i] * np.sqrt(s[i]) for i in range(r)]
-        cols32 = [c.astype(np.float32).astype(np.float64) for c in cols]
-        rows32 = [v.astype(np.float32).astype(np.float64) for v in rows]
-        approx = sum(np.outer(c, v) for c, v in zip(cols32, rows32, strict=True))
-        error = float(np.abs(w - approx).sum())
-        # Each term is rounded in its own passes: its size sum|u| * sum|v| bounds that.
-        spread = sum(float(np.abs(c).sum() * np.abs(v).sum()) for c, v in zip(cols, rows))
-        if error <= 4 * _EPS32 * scale and spread <= 4 * scale:
-            return cols32, rows32
+        svd = ([u[:, i] * np.sqrt(s[i]) for i in range(r)], [vt[i] * np.sqrt(s[i]) for i in range(r)])
+        for cols, rows in (_cross_terms(w, r), svd):
+            if len(cols) != r:
+                continue
+            cols32 = [c.astype(np.float32).astype(np.float64) for c in cols]
+            rows32 = [v.astype(np.float32).astype(np.float64) for v in rows]
+            approx = sum(np.outer(c, v) for c, v in zip(cols32, rows32, strict=True))
+            error = float(np.abs(w - approx).sum())
+            # Each term is rounded in its own passes: its size sum|u| * sum|v| bounds that.
+            spread = sum(float(np.abs(c).sum() * np.abs(v).sum()) for c, v in zip(cols, rows))
+            if error <= 4 * _EPS32 * scale and spread <= 4 * scale:
+                return cols32, rows32
     if kh <= kw:  # K = sum_t e_t outer K[t]: one term per kernel row
         return [np.eye(kh)[t] for t in range(kh)], [w[t] for t in range(kh)]
     return [w[:, t] for t in range(kw)], [np.eye(kw)[t] for t in range(kw)]
