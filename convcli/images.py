@@ -419,8 +419,8 @@ def _write_png(stream: BinaryIO, pixels: np.ndarray, mode: str, level: int, icc:
     subtraction (Pillow tries several filters per row: slower, ~5% smaller files), and
     the filtered rows are deflated in slices on all cores (zlib releases the GIL), each
     slice ending on a byte boundary (Z_FULL_FLUSH) so the slices concatenate into one
-    valid stream, as pigz does. On a 3840x2160 RGB photo this writes in about a third of
-    Pillow's time at level 1.
+    valid stream, as pigz does. On a 3840x2160 RGB image at level 1 this takes about half
+    of Pillow's time (files ~5% larger); at level 6, about half as well.
     """
     import struct
     import zlib

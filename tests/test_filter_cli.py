@@ -399,6 +399,37 @@ def test_batch_over_a_folder(cli, tmp_path: Path, photo_folder: Path) -> None:
         assert (out / name).read_bytes() == single.read_bytes()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_batch_shows_progress_when_stderr_is_a_terminal(tmp_path: Path, photo_folder: Path) -> None:
+    import pty
+
+    out = tmp_path / "out"
+    out.mkdir()
+    leader, follower = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100")
+    with subprocess.Popen(
+        [sys.executable, "-m", "convcli", "filter", str(photo_folder), "-k", "box3", "--out-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=follower, env=env,
+    ) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stdout = proc.stdout.read() if proc.stdout else b""
+    os.close(leader)
+    assert proc.returncode == 0
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "4/4" in terminal and "filtered 4 of 4 images" in terminal
+    assert stdout == b""
+    assert len(list(out.iterdir())) == 4
+
+
 def test_batch_of_listed_inputs_to_npy(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
