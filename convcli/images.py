@@ -534,6 +534,8 @@ def _encode_into(
             _write_png(stream, pixels, mode, compress_level, like.info.get("icc_profile"))
             return dropped
         options["compress_level"] = compress_level
+    if fmt == "JPEG":
+        options["quality"] = 92  # ImageMagick's default; Pillow's 75 visibly blurs edge maps
     if like.info.get("icc_profile") and fmt in ("PNG", "JPEG", "TIFF", "WEBP"):
         options["icc_profile"] = like.info["icc_profile"]
     image = _from_array(pixels, mode)
