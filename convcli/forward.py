@@ -138,25 +138,31 @@ def _get(params: Mapping[str, np.ndarray], layer: L.Layer, param: str) -> np.nda
 
 def _forward_layer(
     layer: L.Layer, x: np.ndarray, params: Mapping[str, np.ndarray], *, train_dropout: bool,
-    rng: np.random.Generator,
+    rng: np.random.Generator, activation: tuple[str, float | None] | None = None,
 ) -> np.ndarray:
-    """One layer's computation on a batch (dispatch on the layer's class)."""
+    """One layer's computation on a batch (dispatch on the layer's class).
+
+    ``activation`` (function, alpha) overrides the fused activation of a Conv2D, Dense or
+    LocallyConnected2D layer (used to fuse a following Activation layer).
+    """
+    if activation is None and isinstance(layer, (L.Conv2D, L.Dense, L.LocallyConnected2D)):
+        activation = (layer.activation, _fused_alpha(layer.activation)) if layer.activation else None
+    function, alpha = activation if activation is not None else (None, None)
     if isinstance(layer, L.Conv2D):
         return ops.conv2d(
             x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
             strides=layer.strides, padding=layer.padding, dilation=layer.dilation,
-            activation=layer.activation, alpha=_fused_alpha(layer.activation),
+            activation=function, alpha=alpha,
         )
     if isinstance(layer, L.LocallyConnected2D):
         return ops.locally_connected2d(
             x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
-            kernel_size=layer.kernel_size, strides=layer.strides,
-            activation=layer.activation, alpha=_fused_alpha(layer.activation),
+            kernel_size=layer.kernel_size, strides=layer.strides, activation=function, alpha=alpha,
         )
     if isinstance(layer, L.Dense):
         return ops.dense(
             x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
-            activation=layer.activation, alpha=_fused_alpha(layer.activation),
+            activation=function, alpha=alpha,
         )
     if isinstance(layer, L.Activation):
         return ops.activate(x, layer.function, layer.alpha)
@@ -180,6 +186,36 @@ def _forward_layer(
     if isinstance(layer, L.Dropout):
         return ops.dropout(x, layer.rate, training=train_dropout, rng=rng)
     raise ModelError(f"layer '{layer.name}': no forward computation for layer type {layer.type}")
+
+
+def _run_fused(
+    layers: tuple[L.Layer, ...], x: np.ndarray, params: Mapping[str, np.ndarray], *,
+    train_dropout: bool, rng: np.random.Generator,
+) -> np.ndarray:
+    """The pass without per-layer outputs: an Activation layer right after a Conv2D, Dense or
+    LocallyConnected2D without its own activation is fused into it (applied in place on
+    each output chunk while it is in cache, as Keras' ``activation=``), and other
+    activations and batch norms run in place on arrays no caller can see."""
+    original = x
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        if (
+            isinstance(layer, (L.Conv2D, L.Dense, L.LocallyConnected2D))
+            and layer.activation is None
+            and isinstance(following, L.Activation)
+        ):
+            x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=rng,
+                               activation=(following.function, following.alpha))
+            index += 2
+            continue
+        if isinstance(layer, L.Activation) and not np.may_share_memory(x, original):
+            x = ops.activate(x, layer.function, layer.alpha, inplace=True)
+        else:
+            x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=rng)
+        index += 1
+    return x
 
 
 def _fused_alpha(activation: str | None) -> float | None:
@@ -218,11 +254,12 @@ def run(
             f"{', '.join(str(n) for n in expected)})). Received: an array of shape {_shape_text(x.shape)}"
         )
     generator = rng if rng is not None else np.random.default_rng(seed)
+    if on_layer is None:
+        return _run_fused(model.layers, x, params, train_dropout=train_dropout, rng=generator)
     for layer in model.layers:
         start = time.perf_counter()
         x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=generator)
-        if on_layer is not None:
-            on_layer(layer, x, time.perf_counter() - start)
+        on_layer(layer, x, time.perf_counter() - start)
     return x
 
 

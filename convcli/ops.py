@@ -61,11 +61,15 @@ __all__ = [
 IM2COL_BUDGET_BYTES = 256 * 2**20
 """Hard upper bound on the im2col buffer of one layer call (256 MiB), whatever the batch."""
 
-CHUNK_BYTES = 32 * 2**20
-"""The im2col chunk actually used by default (32 MiB). Measured on the benchmark layers
-(benchmarks/forward.py): chunks of 16-64 MiB are as fast as one huge matrix (BLAS is at
-full speed from a few thousand rows; the smaller buffer stays warm in cache) and keep the
-peak memory near input + output; below ~8 MiB the per-call BLAS overhead shows."""
+CHUNK_BYTES = 8 * 2**20
+"""The im2col chunk used by default (8 MiB). Measured on the benchmark layers
+(benchmarks/forward.py): VGG16's 224x224x64 3x3 conv takes 150 ms in 2-8 MiB chunks
+against 230 ms in one 110 MiB piece (one thread; the chunk stays in cache between the
+copy and the product), and the peak memory stays near input + output."""
+
+MIN_CHUNK_ROWS = 2048
+"""...but at least this many im2col rows per product (AlexNet's conv2 has 2400-float rows:
+one 27x27 sample per chunk left BLAS 25% slower)."""
 
 Padding = Literal["valid", "same"] | int | tuple[int, int, int, int]
 Pair = tuple[int, int]
@@ -148,9 +152,11 @@ def _chunks(
     return 1, max(1, min(out_rows, chunk_bytes // max(row_bytes, 1)))
 
 
-def _chunk_budget(chunk_bytes: int | None) -> int:
+def _chunk_budget(chunk_bytes: int | None, cols_per_row: int = 0) -> int:
+    """Bytes of im2col per chunk: ``chunk_bytes`` if given, else :data:`CHUNK_BYTES` but
+    enough for :data:`MIN_CHUNK_ROWS` rows; never above :data:`IM2COL_BUDGET_BYTES`."""
     if chunk_bytes is None:
-        return min(CHUNK_BYTES, IM2COL_BUDGET_BYTES)
+        return min(max(CHUNK_BYTES, MIN_CHUNK_ROWS * cols_per_row * 4), IM2COL_BUDGET_BYTES)
     if chunk_bytes < 1:
         raise ShapeError(f"`chunk_bytes` must be positive. Received: chunk_bytes={chunk_bytes}")
     return min(int(chunk_bytes), IM2COL_BUDGET_BYTES)
@@ -266,12 +272,17 @@ def activate(
     )
 
 
-def _finish(block: np.ndarray, bias: np.ndarray | None, activation: str | None, alpha: float | None) -> None:
-    """Bias and activation, in place, on a freshly computed output block."""
+def _finish(
+    block: np.ndarray, bias: np.ndarray | None, activation: str | None, alpha: float | None,
+    channels: int | None = None,
+) -> None:
+    """Bias and activation, in place, on a freshly computed output block (rows of
+    ``channels`` values for softmax when a row holds several positions)."""
     if bias is not None:
         block += bias
     if activation is not None and activation != "linear":
-        activate(block, activation, alpha, inplace=True)
+        target = block if channels is None else block.reshape(-1, channels)
+        activate(target, activation, alpha, inplace=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -280,15 +291,17 @@ def _finish(block: np.ndarray, bias: np.ndarray | None, activation: str | None, 
 
 
 def _windows(
-    xp: np.ndarray, kernel: Pair, strides: Pair, dilation: Pair, out_hw: Pair, channel_last: bool = True
+    xp: np.ndarray, kernel: Pair, strides: Pair, dilation: Pair, out_hw: Pair, *,
+    channel_last: bool = True, group: int = 1,
 ) -> np.ndarray:
     """A read-only strided view of every window of the padded batch ``xp``.
 
-    ``channel_last`` True: shape ``(n, OH, OW, F_h, F_w * C)`` when the width is not
-    dilated (each window row is then one contiguous run of F_w*C floats, the fastest
-    layout to copy), else ``(n, OH, OW, F_h, F_w, C)``. Both flatten to the kernel's
-    ``(f_h, f_w, c)`` column order. ``channel_last`` False (single channel only):
-    ``(F_h, F_w, n, OH, OW)``, the transposed im2col.
+    ``channel_last`` True: shape ``(n, OH, OW / group, F_h, W_win * C)`` when the width is
+    not dilated (each window row is one contiguous run of W_win*C floats, the fastest
+    layout to copy; W_win = (group - 1) * S_w + F_w: ``group`` neighbouring windows side
+    by side), else ``(n, OH, OW, F_h, F_w, C)`` (group must be 1). Both flatten to the
+    ``(f_h, f_w, c)`` column order of the kernel matrix. ``channel_last`` False (single
+    channel, group 1): ``(F_h, F_w, n, OH, OW)``, the transposed im2col.
     """
     n, hp, wp, c = xp.shape
     fh, fw = kernel
@@ -297,14 +310,47 @@ def _windows(
     oh, ow = out_hw
     eh, ew = geometry.effective_kernel(fh, dh), geometry.effective_kernel(fw, dw)
     if channel_last and dw == 1:
+        width = (group - 1) * sw + fw
         flat = xp.reshape(n, hp, wp * c)
-        view = sliding_window_view(flat, (eh, fw * c), axis=(1, 2))
-        return view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw * c + 1 : sw * c, ::dh, :]
+        view = sliding_window_view(flat, (eh, width * c), axis=(1, 2))
+        step = group * sw * c
+        return view[:, : (oh - 1) * sh + 1 : sh, : (ow - group) * sw * c + 1 : step, ::dh, :]
     view = sliding_window_view(xp, (eh, ew), axis=(1, 2))  # (n, ., ., C, eh, ew)
     view = view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, :, ::dh, ::dw]
     if channel_last:
         return view.transpose(0, 1, 2, 4, 5, 3)
     return view[:, :, :, 0].transpose(3, 4, 0, 1, 2)
+
+
+def _column_group(out_w: int, filters: int, kernel_w: int, stride_w: int, dilation_w: int) -> int:
+    """How many horizontally neighbouring output positions one im2col row computes.
+
+    With few filters (LeNet's 6 or 16) the (M, F*F*C) @ (F*F*C, K) product is too thin
+    for BLAS and the copy of the overlapping windows dominates. Laying G neighbouring
+    windows side by side in one row (width (G-1)*S + F) against a block-banded kernel
+    matrix (G*K columns) copies fewer floats and gives BLAS a wider product, at the cost
+    of ((G-1)*S + F) / F more multiplications. Measured on LeNet-5 (benchmarks/forward.py):
+    conv1 (K=6) 1.8x and conv2 (K=16) 1.7x faster. G divides OW, so the output needs no
+    cropping; G*K <= 96 and at most 2.5x the multiplications.
+    """
+    if filters >= 48 or dilation_w != 1:
+        return 1
+    best = 1
+    for g in range(2, 17):
+        if out_w % g == 0 and g * filters <= 96 and (g - 1) * stride_w + kernel_w <= 2.5 * kernel_w:
+            best = g
+    return best
+
+
+def _grouped_kernel(kernel: np.ndarray, group: int, stride_w: int) -> np.ndarray:
+    """The (F_h * W_win * C, G * K) block-banded matrix for ``group`` neighbouring windows:
+    window g sees columns g*S .. g*S + F_w - 1 of the wide window."""
+    fh, fw, c, k = kernel.shape
+    width = (group - 1) * stride_w + fw
+    wide = np.zeros((fh, width, c, group, k), _F32)
+    for g in range(group):
+        wide[:, g * stride_w : g * stride_w + fw, :, g, :] = kernel
+    return wide.reshape(fh * width * c, group * k)
 
 
 def _conv_geometry(
@@ -378,21 +424,29 @@ def conv2d(
         _finish(flat_out, bias_, activation, alpha)
         return out
 
-    # A single input channel: copy the transposed im2col (F_h*F_w, M), whose rows are long
-    # contiguous runs of the image, then let BLAS read it transposed. With C = 1 the
-    # channels-last rows are only F_w floats long and copying them is 3x slower.
-    transposed = c == 1
-    cols_per_row = fh * fw * c
-    samples, rows = _chunks(n, oh, ow * cols_per_row * 4, _chunk_budget(chunk_bytes))
-    buffer = np.empty(samples * rows * ow * cols_per_row, _F32)
-    groups = _PaddedGroups(x, pads, samples)
+    group = _column_group(ow, k, fw, strides_[1], dilation_[1])
+    if group > 1:
+        weights = _grouped_kernel(kernel, group, strides_[1])
+        bias_ = np.tile(bias_, group) if bias_ is not None else None
+        cols_per_row = fh * ((group - 1) * strides_[1] + fw) * c
+    else:
+        cols_per_row = fh * fw * c
+    # A single input channel (and no grouping): copy the transposed im2col (F_h*F_w, M),
+    # whose rows are long contiguous runs of the image, and let BLAS read it transposed;
+    # channels-last rows would be only F_w floats long, 3x slower to copy.
+    transposed = c == 1 and group == 1
+    row_positions = ow // group  # im2col rows per output row
+    out_matrix = out.reshape(n * oh * row_positions, group * k)  # a view: one row per im2col row
+    samples, rows = _chunks(n, oh, row_positions * cols_per_row * 4, _chunk_budget(chunk_bytes, cols_per_row))
+    buffer = np.empty(samples * rows * row_positions * cols_per_row, _F32)
+    padded = _PaddedGroups(x, pads, samples)
     for n0 in range(0, n, samples):
         n1 = min(n, n0 + samples)
-        xp = groups.get(n0, n1)
-        view = _windows(xp, (fh, fw), strides_, dilation_, (oh, ow), channel_last=not transposed)
+        view = _windows(padded.get(n0, n1), (fh, fw), strides_, dilation_, (oh, ow),
+                        channel_last=not transposed, group=group)
         for r0 in range(0, oh, rows):
             r1 = min(oh, r0 + rows)
-            m = (n1 - n0) * (r1 - r0) * ow
+            m = (n1 - n0) * (r1 - r0) * row_positions
             if transposed:
                 part = view[:, :, :, r0:r1]
                 cols = buffer[: m * cols_per_row].reshape(cols_per_row, m)
@@ -402,10 +456,10 @@ def conv2d(
                 part = view[:, r0:r1]
                 matrix = buffer[: m * cols_per_row].reshape(m, cols_per_row)
                 np.copyto(matrix.reshape(part.shape), part)
-            start = (n0 * oh + r0) * ow  # whole samples, or rows of one sample: contiguous
-            block = out_rows[start : start + m]
+            start = (n0 * oh + r0) * row_positions  # whole samples, or rows of one sample
+            block = out_matrix[start : start + m]
             np.matmul(matrix, weights, out=block)
-            _finish(block, bias_, activation, alpha)
+            _finish(block, bias_, activation, alpha, k)
     return out
 
 

@@ -134,6 +134,26 @@ def test_run_matches_the_model_composed_by_hand() -> None:
     assert all(s >= 0 for _, _, s in seen)
 
 
+def test_fused_pass_without_callback_gives_the_same_result() -> None:
+    # without on_layer, CONV => RELU, FC => ELU, ... are fused and activations run in place
+    model = parse_arrow(LENET)
+    params = random_params(model, 1)
+    x = np.random.default_rng(2).random((3, 12, 12, 1), dtype=np.float32)
+    np.testing.assert_allclose(forward.run(model, x, params), lenet_by_hand(x, params), rtol=1e-4, atol=1e-6)
+    local = parse_arrow("INPUT(6,6,2) => LOCAL(3,3) => LRELU(0.005) => FLATTEN => FC(4) => SIGMOID")
+    p = random_params(local, 3)
+    y = np.random.default_rng(4).standard_normal((2, 6, 6, 2)).astype(np.float32)
+    unfused = forward.run(local, y, p, on_layer=lambda *args: None)
+    np.testing.assert_allclose(forward.run(local, y, p), unfused, rtol=1e-6)
+
+
+def test_in_place_activations_never_touch_the_callers_input() -> None:
+    x = -np.ones((2, 3, 3, 1), np.float32)
+    for text in ("INPUT(3,3,1) => RELU", "INPUT(3,3,1) => FLATTEN => SIGMOID", "INPUT(3,3,1) => DO(0.5) => TANH"):
+        out = forward.run(parse_arrow(text), x, {})
+        assert (x == -1).all() and out.min() >= -1, text
+
+
 def test_fused_activations_are_applied() -> None:
     model = parse_arrow("INPUT(6,6,2) => CONV(3,3,activation=relu) => LOCAL(2,2,activation=tanh) => FC(4,activation=softmax)")
     params = random_params(model, 4)

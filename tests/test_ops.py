@@ -135,6 +135,9 @@ CONV_CASES = [
     (1, 7, 7, 2, 1, 1, 3, (2, 2), "valid", (1, 1)),
     (1, 5, 5, 1, 5, 5, 1, (1, 1), "valid", (1, 1)),
     (2, 8, 8, 3, 4, 4, 2, (4, 4), "same", (1, 1)),
+    (2, 9, 8, 1, 3, 3, 50, (1, 2), "same", (1, 1)),  # many filters: no column grouping
+    (1, 7, 7, 3, 3, 3, 64, (2, 2), "valid", (1, 1)),
+    (1, 12, 14, 2, 5, 3, 6, (1, 2), "valid", (1, 1)),  # few filters: grouped columns, strided
 ]
 
 
@@ -190,12 +193,13 @@ def test_conv2d_fused_activation(activation: str, reference) -> None:
 
 
 @pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("k", [4, 50])
 @pytest.mark.parametrize("chunk_bytes", [1, 3000, 20_000, 10**9])
-def test_conv2d_chunking_gives_the_same_result(c: int, chunk_bytes: int) -> None:
+def test_conv2d_chunking_gives_the_same_result(c: int, k: int, chunk_bytes: int) -> None:
     # 1 byte: one output row per chunk; 3000: a few rows of one sample; 20000: a few
     # samples per chunk; 1e9: the whole batch at once.
     rng = np.random.default_rng(5)
-    x, kernel, bias = rand(rng, 5, 9, 8, c), rand(rng, 3, 3, c, 4), rand(rng, 4)
+    x, kernel, bias = rand(rng, 5, 9, 8, c), rand(rng, 3, 3, c, k), rand(rng, k)
     out = ops.conv2d(x, kernel, bias, strides=(2, 1), padding="same", activation="relu", chunk_bytes=chunk_bytes)
     expected = np.maximum(conv2d_naive(x, kernel, bias, (2, 1), _resolved(9, 8, 3, 3, (2, 1), "same", (1, 1))), 0)
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)

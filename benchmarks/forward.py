@@ -1,0 +1,298 @@
+"""Forward-pass benchmark: convcli (numpy im2col + BLAS) beside PyTorch CPU.
+
+    python3 benchmarks/forward.py [--repeat 5] [--case alexnet-conv1 ...] [--json]
+
+Each case runs in fresh processes per framework. Time: after one warm-up pass, the
+best of ``--repeat`` passes (median also shown). Peak memory, in a separate process with
+glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_, so freed blocks go back
+to the system and RSS follows the live arrays): after the model, weights, input and one
+warm-up pass (one-time buffers such as BLAS workspaces are then in the baseline), the
+kernel's peak-RSS mark is reset (/proc/self/clear_refs), one pass runs, and the peak is
+read back: VmHWM - VmRSS before. Both frameworks use the same
+weights (convcli's He-normal init, seed 0, transposed to PyTorch's layouts), the same
+input and the same number of threads (``--threads``, default 2: OpenBLAS for numpy,
+``torch.set_num_threads`` for PyTorch). GFLOP/s counts 2 FLOPs per multiply-accumulate
+of the conv and dense layers (``Layer.macs``). The outputs of the two are compared
+(max abs difference, relative to the largest output value).
+
+PyTorch is optional (``pip install torch``, CPU build): without it, convcli's numbers are
+printed alone with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES: dict[str, tuple[str, int]] = {
+    # name: (model in the lecture's arrow notation, batch size)
+    "alexnet-conv1": ("INPUT(227,227,3) => CONV(96,11,stride=4) => RELU", 16),
+    "alexnet-convs": (
+        "INPUT(227,227,3) => CONV(96,11,stride=4) => RELU => POOL(3,stride=2)"
+        " => CONV(256,5,pad=2) => RELU => POOL(3,stride=2)"
+        " => CONV(384,3,pad=1) => RELU => CONV(384,3,pad=1) => RELU => CONV(256,3,pad=1) => RELU"
+        " => POOL(3,stride=2)",
+        8,
+    ),
+    "vgg16-blocks12": (
+        "INPUT(224,224,3) => [CONV(64,3,pad=same) => RELU] * 2 => POOL(2)"
+        " => [CONV(128,3,pad=same) => RELU] * 2 => POOL(2)",
+        4,
+    ),
+    "lenet5": (
+        "INPUT(32,32,1) => CONV(6,5) => TANH => AVGPOOL(2) => CONV(16,5) => TANH => AVGPOOL(2)"
+        " => FC(120) => TANH => FC(84) => TANH => FC(10) => SOFTMAX",
+        256,
+    ),
+}
+
+TARGETS = {"alexnet-conv1": 1.5, "alexnet-convs": 1.3, "vgg16-blocks12": 1.3, "lenet5": 1.5}
+
+
+# ----------------------------------------------------------------------------- in the worker
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _convcli_forward(model: Any, params: dict[str, Any]) -> Any:
+    from convcli import forward
+
+    def fn(x: Any) -> Any:
+        return forward.run(model, x, params)
+
+    return fn
+
+
+def _torch_forward(model: Any, params: dict[str, Any], threads: int) -> Any:
+    """The same model with torch.nn.functional in PyTorch's native NCHW layout; weights are
+    transposed once here (conv (F,F,C,K) -> (K,C,F,F); the first dense layer's rows from
+    Keras' channels-last flatten order to NCHW's), so no layout work is timed."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from convcli import layers as L
+
+    torch.set_num_threads(threads)
+    steps = []
+    for layer, in_shape, _ in model.shapes():
+        if isinstance(layer, L.Conv2D):
+            weight = torch.from_numpy(np.ascontiguousarray(params[f"{layer.name}.kernel"].transpose(3, 2, 0, 1)))
+            bias = torch.from_numpy(params[f"{layer.name}.bias"]) if layer.use_bias else None
+            top, bottom, left, right = layer.padding_amounts(in_shape)
+            symmetric = top == bottom and left == right
+
+            def conv(t, w=weight, b=bias, s=layer.strides, d=layer.dilation, p=(top, bottom, left, right), sym=symmetric):
+                if not sym:
+                    t = F.pad(t, (p[2], p[3], p[0], p[1]))
+                return F.conv2d(t, w, b, stride=s, padding=(p[0], p[2]) if sym else 0, dilation=d)
+
+            steps.append(conv)
+            if layer.activation:
+                steps.append(_torch_activation(layer.activation))
+        elif isinstance(layer, L.Dense):
+            kernel = params[f"{layer.name}.kernel"]
+            weight = torch.from_numpy(np.ascontiguousarray(kernel.T))
+            bias = torch.from_numpy(params[f"{layer.name}.bias"]) if layer.use_bias else None
+            steps.append(lambda t, w=weight, b=bias: F.linear(t, w, b))
+            if layer.activation:
+                steps.append(_torch_activation(layer.activation))
+        elif isinstance(layer, L.Flatten):
+            h, w, c = in_shape
+            # Keras flattens (H, W, C); torch's tensor is (C, H, W): permute the next dense
+            # layer's kernel rows once instead of the activations at every call.
+            nxt = model.layers[model.layers.index(layer) + 1]
+            key = f"{nxt.name}.kernel"
+            rows = params[key].reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
+            params = {**params, key: np.ascontiguousarray(rows)}
+            steps.append(lambda t: t.reshape(t.shape[0], -1))
+        elif isinstance(layer, L.Activation):
+            steps.append(_torch_activation(layer.function))
+        elif isinstance(layer, L.MaxPooling2D):
+            steps.append(lambda t, k=layer.pool_size, s=layer.strides: F.max_pool2d(t, k, s))
+        elif isinstance(layer, L.AveragePooling2D):
+            steps.append(lambda t, k=layer.pool_size, s=layer.strides: F.avg_pool2d(t, k, s))
+        else:
+            raise SystemExit(f"benchmark: no PyTorch translation for {layer.type}")
+
+    def fn(x: Any) -> Any:
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            for step in steps:
+                t = step(t)
+            return t
+
+    return fn
+
+
+def _torch_activation(name: str) -> Any:
+    import torch
+
+    return {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+            "softmax": lambda t: torch.softmax(t, dim=1)}[name]
+
+
+def worker(case: str, framework: str, mode: str, repeat: int, threads: int, out_path: str) -> dict[str, Any]:
+    """Set up one case; ``mode`` "memory": one pass's peak memory, "time": the passes' times."""
+    import numpy as np
+
+    from convcli import forward
+    from convcli.spec import parse_arrow
+
+    text, batch = CASES[case]
+    model = parse_arrow(text)
+    params = forward.init_params(model, seed=0)
+    x = np.random.default_rng(1).random((batch, *model.input_shape), dtype=np.float32)
+    if framework == "torch":
+        fn = _torch_forward(model, params, threads)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    else:
+        fn = _convcli_forward(model, params)
+    out = fn(x)  # warm-up
+    if mode == "memory":
+        del out
+        exact = _reset_peak()
+        before = _status("VmRSS")
+        out = fn(x)
+        return {"peak_bytes": _status("VmHWM") - before, "peak_exact": exact}
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    result = out.numpy() if framework == "torch" else out
+    if framework == "torch" and result.ndim == 4:
+        result = result.transpose(0, 2, 3, 1)
+    np.save(out_path, np.ascontiguousarray(result))
+    macs = sum(layer.macs(in_shape) for layer, in_shape, _ in model.shapes()) * batch
+    return {"best": min(times), "median": float(np.median(times)), "flops": 2 * macs}
+
+
+# ----------------------------------------------------------------------------- the parent
+
+
+def _run_worker(case: str, framework: str, args: argparse.Namespace, out_path: str) -> dict[str, Any] | str:
+    measured: dict[str, Any] = {}
+    for mode in ("time", "memory"):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        if mode == "memory":
+            env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", case, framework, mode, out_path,
+             "--repeat", str(args.repeat), "--threads", str(args.threads)],
+            capture_output=True, text=True, env=env,
+        )
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or ["failed"])[-1]
+        measured.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return measured
+
+
+def _torch_available() -> str | None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timed passes per case (best is reported)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks")
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--worker", nargs=4, metavar=("CASE", "FRAMEWORK", "MODE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        case, framework, mode, out_path = args.worker
+        print(json.dumps(worker(case, framework, mode, args.repeat, args.threads, out_path)))
+        return
+
+    import numpy as np
+
+    torch_version = _torch_available()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.case or list(CASES):
+            row: dict[str, Any] = {"case": case, "batch": CASES[case][1]}
+            for framework in ("convcli", "torch"):
+                if framework == "torch" and torch_version is None:
+                    continue
+                measured = _run_worker(case, framework, args, os.path.join(tmp, f"{case}-{framework}.npy"))
+                row[framework] = measured
+            if isinstance(row.get("torch"), dict) and isinstance(row.get("convcli"), dict):
+                ours = np.load(os.path.join(tmp, f"{case}-convcli.npy"))
+                theirs = np.load(os.path.join(tmp, f"{case}-torch.npy"))
+                row["max_abs_diff"] = float(np.abs(ours - theirs).max())
+                row["max_abs_output"] = float(np.abs(theirs).max())
+                row["time_ratio"] = row["convcli"]["best"] / row["torch"]["best"]
+                row["memory_ratio"] = row["convcli"]["peak_bytes"] / max(row["torch"]["peak_bytes"], 1)
+            results.append(row)
+    if args.json:
+        print(json.dumps({"threads": args.threads, "torch": torch_version, "results": results}, indent=2))
+        return
+    _print_table(results, args, torch_version)
+
+
+def _print_table(results: list[dict[str, Any]], args: argparse.Namespace, torch_version: str | None) -> None:
+    import platform
+
+    import numpy as np
+
+    print(f"threads: {args.threads}, best of {args.repeat} passes; numpy {np.__version__}, "
+          f"PyTorch {torch_version or 'not installed (convcli alone)'}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs")
+    print()
+    print("| case | batch | convcli ms (median) | GFLOP/s | peak MB | PyTorch ms (median) | GFLOP/s | peak MB "
+          "| time ratio (target) | memory ratio | max abs diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+        cells = [row["case"], str(row["batch"])]
+        for framework in ("convcli", "torch"):
+            m = row.get(framework)
+            if isinstance(m, dict):
+                cells += [f"{m['best'] * 1e3:.1f} ({m['median'] * 1e3:.1f})", f"{m['flops'] / m['best'] / 1e9:.0f}",
+                          f"{m['peak_bytes'] / 2**20:.0f}"]
+            else:
+                cells += [m if isinstance(m, str) else "-", "-", "-"]
+        if "time_ratio" in row:
+            cells += [f"{row['time_ratio']:.2f}x (<= {TARGETS[row['case']]}x)", f"{row['memory_ratio']:.2f}x",
+                      f"{row['max_abs_diff']:.1e} (of {row['max_abs_output']:.3g})"]
+        else:
+            cells += ["-", "-", "-"]
+        print("| " + " | ".join(cells) + " |")
+    if torch_version is None:
+        print("\nPyTorch is not installed: `pip install torch` (CPU) to compare.")
+
+
+if __name__ == "__main__":
+    main()
