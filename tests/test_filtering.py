@@ -337,3 +337,14 @@ def test_bad_images_and_sizes() -> None:
         correlate(np.zeros((2, 5)), BOX3, padding="valid")
     with pytest.raises(KernelError, match="empty"):
         filter_chain(REGION, [])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_fused_gradient_magnitude_is_bit_identical_to_two_correlations(mode: str) -> None:
+    image = (np.random.default_rng(10).random((150, 97, 3)) * 255).astype(np.float32)
+    fused = gradient_magnitude(image, SOBEL_X, SOBEL_Y, mode=mode, cval=9.0)
+    gx = correlate(image, SOBEL_X, mode=mode, cval=9.0)
+    gy = correlate(image, SOBEL_Y, mode=mode, cval=9.0)
+    np.testing.assert_array_equal(fused, np.sqrt(gx * gx + gy * gy))
+    strided = gradient_magnitude(image, SOBEL_X, SOBEL_Y, mode=mode, cval=9.0, stride=2)
+    np.testing.assert_array_equal(strided, fused[::2, ::2])
