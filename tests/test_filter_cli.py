@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from convcli.cli.cmd_filter import output_size, parse_padding, refuses_terminal, Step
+from convcli.cli.cmd_filter import Step, output_size, parse_padding, refuses_terminal
 from convcli.errors import InputError, ShapeError
 from tests.conftest import ROOT, run_convcli
 
@@ -578,3 +580,64 @@ def test_importing_the_cli_loads_neither_scipy_nor_pillow() -> None:
     code = "import sys, convcli.cli; print(sorted({'scipy', 'PIL', 'convcli.images'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60)
     assert proc.stdout.strip() == b"[]", proc.stderr
+
+
+# ------------------------------------------------- the whole command against a loop oracle
+
+# scipy.ndimage's border modes as numpy.pad modes (scipy "reflect" repeats the edge pixel).
+NUMPY_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+
+
+def naive_filter(image: np.ndarray, weights: np.ndarray, mode: str, cval: float, padding: int | str, stride: int) -> np.ndarray:
+    """The lecture's definition, one output position at a time (float64)."""
+    fh, fw = weights.shape
+    if padding == "same":
+        pads = ((fh // 2, fh - 1 - fh // 2), (fw // 2, fw - 1 - fw // 2))
+    else:
+        p = 0 if padding == "valid" else int(padding)
+        pads = ((p, p), (p, p))
+    extra = {"constant_values": cval} if mode == "constant" else {}
+    padded = np.pad(image.astype(np.float64), pads, mode=NUMPY_PAD[mode], **extra)
+    rows = range(0, padded.shape[0] - fh + 1, stride)
+    cols = range(0, padded.shape[1] - fw + 1, stride)
+    return np.array([[np.sum(padded[i : i + fh, j : j + fw] * weights) for j in cols] for i in rows])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.integers(4, 12),
+    width=st.integers(4, 12),
+    fh=st.integers(1, 4),
+    fw=st.integers(1, 4),
+    mode=st.sampled_from(MODES),
+    padding=st.sampled_from(["same", "valid", 0, 1, 2]),
+    stride=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_filter_command_matches_a_loop_oracle(
+    cli, height: int, width: int, fh: int, fw: int, mode: str, padding: int | str, stride: int, seed: int
+) -> None:
+    import re
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(height, width)).astype(np.float32)
+    weights = rng.integers(-4, 5, size=(fh, fw)).astype(np.float64)
+    text = "; ".join(" ".join(str(int(v)) for v in row) for row in weights)
+    with tempfile.TemporaryDirectory() as folder:
+        source, out = Path(folder) / "in.npy", Path(folder) / "out.npy"
+        np.save(source, image)
+        result = cli("filter", str(source), "-k", text, "--mode", mode, "--cval", "9",
+                     "--padding", str(padding), "--stride", str(stride), "-o", str(out))
+        if padding != "same" and any(
+            (n - f + 2 * (0 if padding == "valid" else int(padding))) % stride
+            for n, f in ((height, fh), (width, fw))
+        ):
+            assert result.exit_code == 2
+            assert re.search(r"= \d+\.\d+ is not an integer: the neurons do not fit", result.stderr)
+            assert not out.exists()
+            return
+        ok(result)
+        np.testing.assert_allclose(
+            np.load(out), naive_filter(image, weights, mode, 9.0, padding, stride), rtol=1e-6, atol=1e-3
+        )
