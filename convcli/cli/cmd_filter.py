@@ -284,6 +284,10 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
                     err_console.print(f"[bold red]error:[/] {escape(job.source)}: {escape(str(exc))}")
                 if progress is not None:
                     progress.advance(task)
+        except BaseException:  # Ctrl-C: start no new file (those running finish atomically)
+            for future in futures:
+                future.cancel()
+            raise
         finally:
             if progress is not None:
                 progress.stop()
