@@ -2,8 +2,9 @@
 
     python3 benchmarks/forward.py [--repeat 5] [--case alexnet-conv1 ...] [--json]
 
-Each case runs in fresh processes per framework. Time: after one warm-up pass, the
-best of ``--repeat`` passes (median also shown). Peak memory, in a separate process with
+Time: both frameworks in one fresh process per case, passes interleaved (so both see
+the same machine load), after one warm-up pass each: the best of ``--repeat`` passes
+(median also shown). Peak memory, in a separate fresh process per framework, with
 glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_, so freed blocks go back
 to the system and RSS follows the live arrays): after the model, weights, input and one
 warm-up pass (one-time buffers such as BLAS workspaces are then in the baseline), the
@@ -157,8 +158,7 @@ def _torch_activation(name: str) -> Any:
             "softmax": lambda t: torch.softmax(t, dim=1)}[name]
 
 
-def worker(case: str, framework: str, mode: str, repeat: int, threads: int, out_path: str) -> dict[str, Any]:
-    """Set up one case; ``mode`` "memory": one pass's peak memory, "time": the passes' times."""
+def _setup(case: str, framework: str, threads: int) -> tuple[Any, Any, Any]:
     import numpy as np
 
     from convcli import forward
@@ -169,51 +169,63 @@ def worker(case: str, framework: str, mode: str, repeat: int, threads: int, out_
     params = forward.init_params(model, seed=0)
     x = np.random.default_rng(1).random((batch, *model.input_shape), dtype=np.float32)
     if framework == "torch":
-        fn = _torch_forward(model, params, threads)
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    else:
-        fn = _convcli_forward(model, params)
-    out = fn(x)  # warm-up
-    if mode == "memory":
-        del out
-        exact = _reset_peak()
-        before = _status("VmRSS")
+        return model, _torch_forward(model, params, threads), np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return model, _convcli_forward(model, params), x
+
+
+def memory_worker(case: str, framework: str, threads: int) -> dict[str, Any]:
+    """One forward pass's peak memory (after a warm-up pass), in bytes."""
+    _, fn, x = _setup(case, framework, threads)
+    out = fn(x)  # warm-up: one-time buffers (BLAS workspaces, ...) join the baseline
+    del out
+    exact = _reset_peak()
+    before = _status("VmRSS")
+    fn(x)
+    return {"peak_bytes": _status("VmHWM") - before, "peak_exact": exact}
+
+
+def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out_dir: str) -> dict[str, Any]:
+    """Times of ``repeat`` passes per framework, interleaved in one process (so that both
+    see the same machine load), after one warm-up pass each; the outputs are saved."""
+    import numpy as np
+
+    setups = {name: _setup(case, name, threads) for name in frameworks}
+    times: dict[str, list[float]] = {name: [] for name in frameworks}
+    for name, (_, fn, x) in setups.items():
         out = fn(x)
-        return {"peak_bytes": _status("VmHWM") - before, "peak_exact": exact}
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    result = out.numpy() if framework == "torch" else out
-    if framework == "torch" and result.ndim == 4:
-        result = result.transpose(0, 2, 3, 1)
-    np.save(out_path, np.ascontiguousarray(result))
-    macs = sum(layer.macs(in_shape) for layer, in_shape, _ in model.shapes()) * batch
-    return {"best": min(times), "median": float(np.median(times)), "flops": 2 * macs}
+        result = out.numpy() if name == "torch" else out
+        if name == "torch" and result.ndim == 4:
+            result = result.transpose(0, 2, 3, 1)
+        np.save(os.path.join(out_dir, f"{case}-{name}.npy"), np.ascontiguousarray(result))
+    for round_ in range(repeat):
+        order = frameworks if round_ % 2 == 0 else frameworks[::-1]
+        for name in order:
+            _, fn, x = setups[name]
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+    model = setups[frameworks[0]][0]
+    macs = sum(layer.macs(in_shape) for layer, in_shape, _ in model.shapes()) * CASES[case][1]
+    return {name: {"best": min(t), "median": float(np.median(t)), "flops": 2 * macs} for name, t in times.items()}
 
 
 # ----------------------------------------------------------------------------- the parent
 
 
-def _run_worker(case: str, framework: str, args: argparse.Namespace, out_path: str) -> dict[str, Any] | str:
-    measured: dict[str, Any] = {}
-    for mode in ("time", "memory"):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["OPENBLAS_NUM_THREADS"] = str(args.threads)
-        env["OMP_NUM_THREADS"] = str(args.threads)
-        if mode == "memory":
-            env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
-        done = subprocess.run(
-            [sys.executable, __file__, "--worker", case, framework, mode, out_path,
-             "--repeat", str(args.repeat), "--threads", str(args.threads)],
-            capture_output=True, text=True, env=env,
-        )
-        if done.returncode != 0:
-            return (done.stderr.strip().splitlines() or ["failed"])[-1]
-        measured.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    return measured
+def _worker(args: argparse.Namespace, *worker_args: str, memory: bool = False) -> dict[str, Any] | str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    if memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", *worker_args, "--repeat", str(args.repeat), "--threads", str(args.threads)],
+        capture_output=True, text=True, env=env,
+    )
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["failed"])[-1]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _torch_available() -> str | None:
@@ -230,26 +242,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks")
     parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--worker", nargs=4, metavar=("CASE", "FRAMEWORK", "MODE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        case, framework, mode, out_path = args.worker
-        print(json.dumps(worker(case, framework, mode, args.repeat, args.threads, out_path)))
+        mode, case, *rest = args.worker
+        if mode == "memory":
+            print(json.dumps(memory_worker(case, rest[0], args.threads)))
+        else:
+            print(json.dumps(time_worker(case, rest[1:], args.repeat, args.threads, rest[0])))
         return
 
     import numpy as np
 
     torch_version = _torch_available()
     results = []
+    frameworks = ["convcli"] + (["torch"] if torch_version else [])
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.case or list(CASES):
             row: dict[str, Any] = {"case": case, "batch": CASES[case][1]}
-            for framework in ("convcli", "torch"):
-                if framework == "torch" and torch_version is None:
-                    continue
-                measured = _run_worker(case, framework, args, os.path.join(tmp, f"{case}-{framework}.npy"))
-                row[framework] = measured
-            if isinstance(row.get("torch"), dict) and isinstance(row.get("convcli"), dict):
+            timed = _worker(args, "time", case, tmp, *frameworks)
+            for name in frameworks:
+                memory = _worker(args, "memory", case, name, memory=True)
+                if isinstance(timed, str) or isinstance(memory, str):
+                    row[name] = timed if isinstance(timed, str) else memory
+                else:
+                    row[name] = {**timed[name], **memory}
+            if all(isinstance(row.get(name), dict) for name in ("convcli", "torch")):
                 ours = np.load(os.path.join(tmp, f"{case}-convcli.npy"))
                 theirs = np.load(os.path.join(tmp, f"{case}-torch.npy"))
                 row["max_abs_diff"] = float(np.abs(ours - theirs).max())
