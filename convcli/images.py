@@ -543,9 +543,10 @@ def _encode_into(
         image.save(stream, format=fmt, **options)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         what = {"I;16": "16-bit grayscale", "F": "32-bit float"}.get(image.mode, image.mode)
+        holders = {"I;16": "PNG or TIFF", "F": "TIFF", "CMYK": "JPEG or TIFF"}.get(image.mode, "PNG or TIFF")
         raise InputError(
             f"cannot write a {what} image as {fmt} ({exc}); choose a format that holds it "
-            "(PNG or TIFF; .npy for raw values)"
+            f"({holders}; .npy for raw values)"
         ) from None
     return dropped
 

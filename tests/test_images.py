@@ -391,3 +391,33 @@ def test_output_format(dest: str, fmt: str | None, expected: str) -> None:
 def test_output_format_errors(dest: str, fmt: str | None, match: str) -> None:
     with pytest.raises(InputError, match=match):
         output_format(dest, fmt)
+
+
+def test_float_tiff_stays_float_and_raw(tmp_path: Path) -> None:
+    values = np.array([[-1.5, 0.25], [300.125, 7.0]], dtype=np.float32)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    loaded = read_image(tmp_path / "f.tif")
+    assert loaded.mode == "F" and loaded.bit_depth is None
+    write_image(loaded.data * 2, tmp_path / "g.tif", like=loaded)
+    with Image.open(tmp_path / "g.tif") as image:
+        assert image.mode == "F"
+        np.testing.assert_array_equal(np.asarray(image), values * 2)  # no rounding, no clipping
+    with pytest.raises(InputError, match=r"cannot write a 32-bit float image as PNG.*\(TIFF; .npy"):
+        write_image(loaded.data, tmp_path / "g.png", like=loaded)
+
+
+@pytest.mark.parametrize(
+    "convert, suffix, mode_in, mode_out",
+    [("CMYK", ".jpg", "CMYK", "CMYK"), ("1", ".png", "L", "L"), ("LA", ".png", "LA", "LA")],
+)
+def test_other_modes(tmp_path: Path, convert: str, suffix: str, mode_in: str, mode_out: str) -> None:
+    source = tmp_path / f"in{suffix}"
+    with Image.open(SAMPLES / "astronaut.png") as image:
+        image.convert(convert).save(source)
+    loaded = read_image(source)
+    assert loaded.mode == mode_in
+    write_image(loaded.data, tmp_path / f"out{suffix}", like=loaded)
+    assert pillow_mode(tmp_path / f"out{suffix}") == mode_out
+    if suffix == ".png":
+        np.testing.assert_array_equal(pillow_pixels(tmp_path / f"out{suffix}"), pillow_pixels(source)
+                                      if convert != "1" else pillow_pixels(source).astype(np.uint8) * 255)
