@@ -200,20 +200,30 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
     return [w[:, t] for t in range(kw)], [np.eye(kw)[t] for t in range(kw)]
 
 
-def _cost(method: str, h: int, w_: int, c: int, kh: int, kw: int, terms: int) -> float:
-    """Rough seconds for one method on an (h, w_, c) float32 image.
+def _cost(
+    method: str, shape: tuple[int, ...], w: np.ndarray, terms: tuple[list[np.ndarray], list[np.ndarray]]
+) -> float:
+    """Rough seconds for one method on a float32 image of ``shape`` (one core).
 
-    Per-element constants measured on one core for a 3840x2160 RGB image: a horizontal
-    banded product costs about 2.2 + 0.07 k ns, a vertical one 0.5 + 0.045 k ns,
-    scipy.ndimage.correlate about 1 ns per kernel tap, the overlap-add FFT 20-25 ns.
+    Per-element constants measured on a 3840x2160 RGB image: a whole-strip numpy
+    operation (one shifted add) about 0.32 ns, a horizontal banded product about
+    3 + 0.1 k ns, a vertical one 0.5 + 0.045 k ns, scipy.ndimage.correlate about 1 ns
+    per kernel tap, the overlap-add FFT 20-25 ns.
     """
-    n = float(h * w_ * c)
+    h, w_ = shape[0], shape[1]
+    n = float(h * w_ * (shape[2] if len(shape) == 3 else 1))
+    kh, kw = w.shape
     if method == "separable":
-        per_term = (2.2e-9 + 0.07e-9 * kw) + (0.5e-9 + 0.045e-9 * kh)
-        return n * terms * per_term + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
+        per_element = 0.0
+        for u, v in zip(*terms, strict=True):
+            if _unit_tap(u.astype(np.float32)) is None:
+                per_element += 0.5e-9 + 0.045e-9 * kh
+            ops = _shift_add_ops(_tap_groups(v.astype(np.float32)))
+            per_element += (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 3.0e-9 + 0.1e-9 * kw
+        return n * per_element + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
     if method == "fft":
-        return n * 2.3e-8 * max(1.0, np.log2(kh * kw) / 10) + 1e-3
-    return n * kh * kw * 1.0e-9 + 1e-5 * c
+        return n * 2.3e-8 * max(1.0, float(np.log2(kh * kw)) / 10) + 1e-3
+    return n * kh * kw * 1.0e-9 + 1e-5
 
 
 def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -> Plan:
@@ -227,17 +237,14 @@ def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -
             "Unknown value for `method`. Allowed values are: auto, separable, fft, direct. "
             f"Received: method={method!r}"
         )
-    h, w_ = shape[0], shape[1]
-    c = shape[2] if len(shape) == 3 else 1
-    kh, kw = w.shape
     cols: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     if method in ("auto", "separable"):
         cols, rows = _separable_terms(w)
     if method == "auto":
-        candidates = {"fft": _cost("fft", h, w_, c, kh, kw, 0), "direct": _cost("direct", h, w_, c, kh, kw, 0)}
+        candidates = {m: _cost(m, tuple(shape), w, (cols, rows)) for m in ("fft", "direct")}
         if len(cols) <= _MAX_TERMS:
-            candidates["separable"] = _cost("separable", h, w_, c, kh, kw, len(cols))
+            candidates["separable"] = _cost("separable", tuple(shape), w, (cols, rows))
         method = min(candidates, key=candidates.__getitem__)  # type: ignore[assignment]
     if method == "separable":
         return Plan("separable", w, tuple(cols), tuple(rows))
@@ -466,11 +473,13 @@ def _separable(
             if target is scratch:
                 np.add(dst, scratch, out=dst)
 
-    def banded(t: _Term, v: np.ndarray, dst: np.ndarray, first: bool) -> None:
+    def banded(t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray) -> None:
         n = v.shape[0]
         k = t.row.shape[0]
         left = k // 2
         edge = t.edge_cval if t.column_shift is None else cval
+        full = t.blocks[max(t.blocks)]
+        step = _blas_chunk(full.shape[0] * full.shape[1], n)
         for j0 in range(0, w, _BLOCK_COLS):
             j1 = min(j0 + _BLOCK_COLS, w)
             lo, hi = j0 - left, j1 - left + k - 1
@@ -479,12 +488,15 @@ def _separable(
             else:
                 seg = _take_extended(v.reshape(n, w, c), lo, hi, 1, mode, edge).reshape(n, -1)
             block = t.blocks[j1 - j0]
-            step = _blas_chunk(block.shape[0] * block.shape[1], n)
             for r0 in range(0, n, step):
+                r1 = min(r0 + step, n)
+                target = dst[r0:r1, j0 * c : j1 * c]
                 if first:
-                    np.matmul(seg[r0 : r0 + step], block, out=dst[r0 : r0 + step, j0 * c : j1 * c])
+                    np.matmul(seg[r0:r1], block, out=target)
                 else:
-                    dst[r0 : r0 + step, j0 * c : j1 * c] += seg[r0 : r0 + step] @ block
+                    scratch = tmp[r0:r1, : (j1 - j0) * c]
+                    np.matmul(seg[r0:r1], block, out=scratch)
+                    np.add(target, scratch, out=target)
 
     def run(chunk: list[int]) -> None:
         shape = (_STRIP_ROWS, w * c)
@@ -501,7 +513,7 @@ def _separable(
                     if t.taps is not None:
                         shifted_adds(t, v, vpad, dst, s == 0, tmp)
                     else:
-                        banded(t, v, dst, s == 0)
+                        banded(t, v, dst, s == 0, tmp)
             if second is not None:  # gradient magnitude, as gradient_magnitude computes it
                 g1, g2 = o2[i0:i1], second[: i1 - i0]
                 np.multiply(g1, g1, out=g1)
