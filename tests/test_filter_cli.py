@@ -45,11 +45,16 @@ def pixels(path: Path | bytes) -> tuple[np.ndarray, str]:
     return (array[:, :, None] if array.ndim == 2 else array), mode
 
 
-def reference(image: np.ndarray, weights: np.ndarray, mode: str = "reflect", cval: float = 0.0) -> np.ndarray:
+def reference(
+    image: np.ndarray, weights: np.ndarray, mode: str = "reflect", cval: float = 0.0
+) -> np.ndarray:
     """Per-channel scipy.ndimage.correlate in float64."""
     image = image.astype(np.float64)
     return np.stack(
-        [ndimage.correlate(image[:, :, c], weights, mode=mode, cval=cval) for c in range(image.shape[2])],
+        [
+            ndimage.correlate(image[:, :, c], weights, mode=mode, cval=cval)
+            for c in range(image.shape[2])
+        ],
         axis=-1,
     )
 
@@ -83,7 +88,12 @@ def ok(result) -> None:  # noqa: ANN001 - click Result
 
 @pytest.mark.parametrize(
     "name, top",
-    [("camera.png", 255), ("astronaut.png", 255), ("chelsea-rgba.png", 255), ("coffee-16bit.png", 65535)],
+    [
+        ("camera.png", 255),
+        ("astronaut.png", 255),
+        ("chelsea-rgba.png", 255),
+        ("coffee-16bit.png", 65535),
+    ],
 )
 def test_box3_equals_scipy_correlate_rounded(cli, tmp_path: Path, name: str, top: int) -> None:
     out = tmp_path / "out.png"
@@ -100,7 +110,20 @@ def test_box3_equals_scipy_correlate_rounded(cli, tmp_path: Path, name: str, top
 @pytest.mark.parametrize("mode", MODES)
 def test_every_border_mode_matches_scipy_raw(cli, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "out.npy"
-    ok(cli("filter", str(SAMPLES / "astronaut.png"), "-k", TILTED_TEXT, "--mode", mode, "--cval", "77.5", "-o", str(out)))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "astronaut.png"),
+            "-k",
+            TILTED_TEXT,
+            "--mode",
+            mode,
+            "--cval",
+            "77.5",
+            "-o",
+            str(out),
+        )
+    )
     source, _ = pixels(SAMPLES / "astronaut.png")
     raw = np.load(out)
     assert raw.dtype == np.float32 and raw.shape == (512, 512, 3)
@@ -114,7 +137,11 @@ def test_modes_really_differ_at_the_border(cli, tmp_path: Path) -> None:
     borders = []
     for mode in MODES:
         out = tmp_path / f"{mode}.npy"
-        ok(cli("filter", str(SAMPLES / "camera.png"), "-k", corners, "--mode", mode, "-o", str(out)))
+        ok(
+            cli(
+                "filter", str(SAMPLES / "camera.png"), "-k", corners, "--mode", mode, "-o", str(out)
+            )
+        )
         borders.append(np.load(out)[0].tobytes())
     assert len(set(borders)) == len(MODES)
 
@@ -158,8 +185,16 @@ def test_npy_input_to_npy_and_png(cli, tmp_path: Path) -> None:
 
 def test_inline_fractions_equal_the_library_kernel(cli, tmp_path: Path) -> None:
     ok(cli("filter", str(SAMPLES / "astronaut.png"), "-k", "box3", "-o", str(tmp_path / "a.png")))
-    ok(cli("filter", str(SAMPLES / "astronaut.png"), "-k", "1/9 1/9 1/9; 1/9,1/9,1/9; 1/9 1/9 1/9",
-           "-o", str(tmp_path / "b.png")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "astronaut.png"),
+            "-k",
+            "1/9 1/9 1/9; 1/9,1/9,1/9; 1/9 1/9 1/9",
+            "-o",
+            str(tmp_path / "b.png"),
+        )
+    )
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
@@ -169,9 +204,28 @@ def test_kernel_from_a_user_folder_and_from_a_file(cli, tmp_path: Path) -> None:
     (folder / "tilted.toml").write_text(
         'name = "tilted"\ndescription = "no symmetry"\nmatrix = [[1, 2, 0], [-1, 3, 1], [0, 0, -2]]\n'
     )
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", "tilted", "--kernel-path", str(folder),
-           "-o", str(tmp_path / "a.npy")))
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", str(folder / "tilted.toml"), "-o", str(tmp_path / "b.npy")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            "tilted",
+            "--kernel-path",
+            str(folder),
+            "-o",
+            str(tmp_path / "a.npy"),
+        )
+    )
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            str(folder / "tilted.toml"),
+            "-o",
+            str(tmp_path / "b.npy"),
+        )
+    )
     source, _ = pixels(SAMPLES / "camera.png")
     expected = reference(source, TILTED)[:, :, 0]
     assert_raw(np.load(tmp_path / "a.npy"), expected)
@@ -200,11 +254,40 @@ def test_gradient_pairs_give_the_magnitude(cli, tmp_path: Path) -> None:
 def test_abs_and_rescale(cli, tmp_path: Path) -> None:
     source, _ = pixels(SAMPLES / "camera.png")
     gx = reference(source, SOBEL_X)
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", "sobel-x", "-o", str(tmp_path / "plain.png")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            "sobel-x",
+            "-o",
+            str(tmp_path / "plain.png"),
+        )
+    )
     assert_rounded(pixels(tmp_path / "plain.png")[0], gx, 255)  # negatives clip to 0
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", "sobel-x", "--abs", "-o", str(tmp_path / "abs.png")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            "sobel-x",
+            "--abs",
+            "-o",
+            str(tmp_path / "abs.png"),
+        )
+    )
     assert_rounded(pixels(tmp_path / "abs.png")[0], np.abs(gx), 255)
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", "sobel-x", "--rescale", "-o", str(tmp_path / "r.png")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            "sobel-x",
+            "--rescale",
+            "-o",
+            str(tmp_path / "r.png"),
+        )
+    )
     rescaled = (gx - gx.min()) / (gx.max() - gx.min()) * 255
     result = pixels(tmp_path / "r.png")[0]
     assert result.min() == 0 and result.max() == 255
@@ -212,7 +295,17 @@ def test_abs_and_rescale(cli, tmp_path: Path) -> None:
 
 
 def test_gray_filters_one_luma_channel(cli, tmp_path: Path) -> None:
-    ok(cli("filter", str(SAMPLES / "astronaut.png"), "--gray", "-k", "box3", "-o", str(tmp_path / "g.png")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "astronaut.png"),
+            "--gray",
+            "-k",
+            "box3",
+            "-o",
+            str(tmp_path / "g.png"),
+        )
+    )
     rgb, _ = pixels(SAMPLES / "astronaut.png")
     luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     result, mode = pixels(tmp_path / "g.png")
@@ -224,7 +317,18 @@ def test_gray_filters_one_luma_channel(cli, tmp_path: Path) -> None:
 
 
 def test_padding_valid_shrinks_by_f_minus_1(cli, tmp_path: Path) -> None:
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", TILTED_TEXT, "--padding", "valid", "-o", str(tmp_path / "v.npy")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            TILTED_TEXT,
+            "--padding",
+            "valid",
+            "-o",
+            str(tmp_path / "v.npy"),
+        )
+    )
     source, _ = pixels(SAMPLES / "camera.png")
     raw = np.load(tmp_path / "v.npy")
     assert raw.shape == (510, 510)  # (512 - 3)/1 + 1
@@ -232,8 +336,20 @@ def test_padding_valid_shrinks_by_f_minus_1(cli, tmp_path: Path) -> None:
 
 
 def test_integer_padding_is_the_lectures_zero_padding(cli, tmp_path: Path) -> None:
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", TILTED_TEXT, "--padding", "2", "--mode", "constant",
-           "-o", str(tmp_path / "p.npy")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            TILTED_TEXT,
+            "--padding",
+            "2",
+            "--mode",
+            "constant",
+            "-o",
+            str(tmp_path / "p.npy"),
+        )
+    )
     source, _ = pixels(SAMPLES / "camera.png")
     padded = np.pad(source[:, :, 0].astype(np.float64), 2)
     raw = np.load(tmp_path / "p.npy")
@@ -242,7 +358,18 @@ def test_integer_padding_is_the_lectures_zero_padding(cli, tmp_path: Path) -> No
 
 
 def test_stride_subsamples(cli, tmp_path: Path) -> None:
-    ok(cli("filter", str(SAMPLES / "camera.png"), "-k", TILTED_TEXT, "--stride", "2", "-o", str(tmp_path / "s.npy")))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            "-k",
+            TILTED_TEXT,
+            "--stride",
+            "2",
+            "-o",
+            str(tmp_path / "s.npy"),
+        )
+    )
     source, _ = pixels(SAMPLES / "camera.png")
     raw = np.load(tmp_path / "s.npy")
     assert raw.shape == (256, 256)
@@ -253,11 +380,28 @@ def test_lecture_padding_and_stride_that_fit(cli, tmp_path: Path) -> None:
     # The lecture: W=10, F=3, P=1, S=3 gives (10 - 3 + 2)/3 + 1 = 4.
     image = np.arange(100, dtype=np.float32).reshape(10, 10)
     np.save(tmp_path / "ten.npy", image)
-    ok(cli("filter", str(tmp_path / "ten.npy"), "-k", TILTED_TEXT, "--padding", "1", "--stride", "3",
-           "--mode", "constant", "-o", str(tmp_path / "o.npy")))
+    ok(
+        cli(
+            "filter",
+            str(tmp_path / "ten.npy"),
+            "-k",
+            TILTED_TEXT,
+            "--padding",
+            "1",
+            "--stride",
+            "3",
+            "--mode",
+            "constant",
+            "-o",
+            str(tmp_path / "o.npy"),
+        )
+    )
     padded = np.pad(image.astype(np.float64), 1)
     naive = np.array(
-        [[np.sum(padded[3 * i : 3 * i + 3, 3 * j : 3 * j + 3] * TILTED) for j in range(4)] for i in range(4)]
+        [
+            [np.sum(padded[3 * i : 3 * i + 3, 3 * j : 3 * j + 3] * TILTED) for j in range(4)]
+            for i in range(4)
+        ]
     )
     assert_raw(np.load(tmp_path / "o.npy"), naive)
 
@@ -265,7 +409,18 @@ def test_lecture_padding_and_stride_that_fit(cli, tmp_path: Path) -> None:
 def test_neurons_that_do_not_fit_are_refused(cli, tmp_path: Path) -> None:
     np.save(tmp_path / "ten.npy", np.zeros((10, 10), dtype=np.float32))
     out = tmp_path / "o.npy"
-    result = cli("filter", str(tmp_path / "ten.npy"), "-k", "box3", "--padding", "valid", "--stride", "2", "-o", str(out))
+    result = cli(
+        "filter",
+        str(tmp_path / "ten.npy"),
+        "-k",
+        "box3",
+        "--padding",
+        "valid",
+        "--stride",
+        "2",
+        "-o",
+        str(out),
+    )
     assert result.exit_code == 2
     assert "(10 - 3 + 2*0)/2 + 1 = 4.5 is not an integer: the neurons do not fit" in result.stderr
     assert "--padding same" in result.stderr
@@ -288,8 +443,16 @@ def test_parse_padding() -> None:
 
 
 def test_alpha_is_dropped_with_a_note_when_the_size_changes(cli, tmp_path: Path) -> None:
-    result = cli("filter", str(SAMPLES / "chelsea-rgba.png"), "-k", "box3", "--padding", "valid",
-                 "-o", str(tmp_path / "v.png"))
+    result = cli(
+        "filter",
+        str(SAMPLES / "chelsea-rgba.png"),
+        "-k",
+        "box3",
+        "--padding",
+        "valid",
+        "-o",
+        str(tmp_path / "v.png"),
+    )
     ok(result)
     assert "alpha channel was dropped" in result.stderr
     image, mode = pixels(tmp_path / "v.png")
@@ -317,7 +480,9 @@ def test_format_chooses_the_stdout_format(cli) -> None:
 
 
 def test_stdin_to_stdout_subprocess() -> None:
-    proc = run_convcli("filter", "-", "--kernel", "box3", "-o", "-", input=(SAMPLES / "camera.png").read_bytes())
+    proc = run_convcli(
+        "filter", "-", "--kernel", "box3", "-o", "-", input=(SAMPLES / "camera.png").read_bytes()
+    )
     assert proc.returncode == 0, proc.stderr
     result, mode = pixels(proc.stdout)
     source, _ = pixels(SAMPLES / "camera.png")
@@ -327,7 +492,10 @@ def test_stdin_to_stdout_subprocess() -> None:
 
 
 def test_shell_pipeline(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     py = sys.executable
     command = (
         f'cat "{SAMPLES / "camera.png"}" | "{py}" -m convcli filter - --kernel box3 -o - '
@@ -364,14 +532,20 @@ def test_binary_to_a_real_terminal_is_refused(tmp_path: Path) -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "convcli", "filter", str(SAMPLES / "camera.png"), "-k", "box3"],
-            stdout=follower, stderr=subprocess.PIPE, env=env, timeout=120, cwd=tmp_path,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+            cwd=tmp_path,
         )
     finally:
         os.close(follower)
         os.close(leader)
     assert proc.returncode == 2
     lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: refusing to write binary image data to a terminal")
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: refusing to write binary image data to a terminal"
+    )
 
 
 # -------------------------------------------------------------------------------- batch
@@ -410,8 +584,20 @@ def test_batch_shows_progress_when_stderr_is_a_terminal(tmp_path: Path, photo_fo
     leader, follower = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="100")
     with subprocess.Popen(
-        [sys.executable, "-m", "convcli", "filter", str(photo_folder), "-k", "box3", "--out-dir", str(out)],
-        stdout=subprocess.PIPE, stderr=follower, env=env,
+        [
+            sys.executable,
+            "-m",
+            "convcli",
+            "filter",
+            str(photo_folder),
+            "-k",
+            "box3",
+            "--out-dir",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
     ) as proc:
         os.close(follower)
         chunks = []
@@ -435,8 +621,21 @@ def test_batch_shows_progress_when_stderr_is_a_terminal(tmp_path: Path, photo_fo
 def test_batch_of_listed_inputs_to_npy(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    ok(cli("filter", str(SAMPLES / "camera.png"), str(SAMPLES / "coffee-16bit.png"), "-k", "box3",
-           "--out-dir", str(out), "--format", "npy", "--jobs", "2"))
+    ok(
+        cli(
+            "filter",
+            str(SAMPLES / "camera.png"),
+            str(SAMPLES / "coffee-16bit.png"),
+            "-k",
+            "box3",
+            "--out-dir",
+            str(out),
+            "--format",
+            "npy",
+            "--jobs",
+            "2",
+        )
+    )
     assert sorted(p.name for p in out.iterdir()) == ["camera.npy", "coffee-16bit.npy"]
     source, _ = pixels(SAMPLES / "coffee-16bit.png")
     assert_raw(np.load(out / "coffee-16bit.npy"), reference(source, BOX3)[:, :, 0])
@@ -451,7 +650,10 @@ def test_batch_goes_on_past_a_bad_file(cli, tmp_path: Path, photo_folder: Path) 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.png" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == [
-        "astronaut.png", "camera.png", "chelsea-rgba.png", "coffee-16bit.png"
+        "astronaut.png",
+        "camera.png",
+        "chelsea-rgba.png",
+        "coffee-16bit.png",
     ]
 
 
@@ -459,10 +661,19 @@ def test_batch_goes_on_past_a_bad_file(cli, tmp_path: Path, photo_folder: Path) 
     "make_args, message",
     [
         (lambda f, o: [str(f)], "is a folder: give --out-dir DIR"),
-        (lambda f, o: [str(f / "camera.png"), str(f / "astronaut.png")], "2 inputs: give --out-dir DIR"),
+        (
+            lambda f, o: [str(f / "camera.png"), str(f / "astronaut.png")],
+            "2 inputs: give --out-dir DIR",
+        ),
         (lambda f, o: [str(f), "--out-dir", str(f)], "the result would overwrite it"),
-        (lambda f, o: [str(f), "--out-dir", str(o / "missing")], "Output folder '.*missing' does not exist"),
-        (lambda f, o: [str(f), str(f / "camera.png"), "--out-dir", str(o)], "would both be written to"),
+        (
+            lambda f, o: [str(f), "--out-dir", str(o / "missing")],
+            "Output folder '.*missing' does not exist",
+        ),
+        (
+            lambda f, o: [str(f), str(f / "camera.png"), "--out-dir", str(o)],
+            "would both be written to",
+        ),
         (lambda f, o: ["-", "--out-dir", str(o)], r"stdin \(-\) can only be filtered alone"),
     ],
 )
@@ -486,11 +697,15 @@ def _png_header_only(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1))) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -513,16 +728,34 @@ BAD_CASES = [
     ("non-numeric kernel", [CAMERA, "-k", "1 2; x 4"], "'x' is not a number"),
     ("nan kernel", [CAMERA, "-k", "1 nan; 2 3"], "NaN and infinite values are not allowed"),
     ("inf kernel", [CAMERA, "-k", "1 2; -inf 3"], "NaN and infinite values are not allowed"),
-    ("unknown mode", [CAMERA, "-k", "box3", "--mode", "bogus"],
-     "Unknown value for `mode`. Allowed values are: reflect, constant, nearest, mirror, wrap. Received: mode=bogus"),
+    (
+        "unknown mode",
+        [CAMERA, "-k", "box3", "--mode", "bogus"],
+        "Unknown value for `mode`. Allowed values are: reflect, constant, nearest, mirror, wrap. Received: mode=bogus",
+    ),
     ("bad padding", [CAMERA, "-k", "box3", "--padding", "lots"], "Received: padding=lots"),
     ("bad stride", [CAMERA, "-k", "box3", "--stride", "0"], "Received: stride=0"),
-    ("bad compress level", [CAMERA, "-k", "box3", "--compress-level", "12"], "Received: compress-level=12"),
+    (
+        "bad compress level",
+        [CAMERA, "-k", "box3", "--compress-level", "12"],
+        "Received: compress-level=12",
+    ),
     ("bomb", ["{bomb}", "-k", "box3"], "over the limit of 178,956,970.*--max-pixels 400000000"),
-    ("max pixels", [CAMERA, "-k", "box3", "--max-pixels", "1000"], "262,144 pixels, over the limit of 1,000"),
-    ("does not fit", [CAMERA, "-k", "box3", "--padding", "valid", "--stride", "2"], "255.5 is not an integer"),
-    ("16-bit as jpeg", [str(SAMPLES / "coffee-16bit.png"), "-k", "box3", "--format", "jpg"],
-     "cannot write a 16-bit grayscale image as JPEG"),
+    (
+        "max pixels",
+        [CAMERA, "-k", "box3", "--max-pixels", "1000"],
+        "262,144 pixels, over the limit of 1,000",
+    ),
+    (
+        "does not fit",
+        [CAMERA, "-k", "box3", "--padding", "valid", "--stride", "2"],
+        "255.5 is not an integer",
+    ),
+    (
+        "16-bit as jpeg",
+        [str(SAMPLES / "coffee-16bit.png"), "-k", "box3", "--format", "jpg"],
+        "cannot write a 16-bit grayscale image as JPEG",
+    ),
 ]
 
 
@@ -555,7 +788,10 @@ def test_bad_input_one_line_exit_2_output_untouched(
 def test_missing_output_folder(cli, tmp_path: Path) -> None:
     result = cli("filter", CAMERA, "-k", "box3", "-o", str(tmp_path / "nope" / "x.png"))
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: Output folder '") and "nope' does not exist" in result.stderr
+    assert (
+        result.stderr.startswith("error: Output folder '")
+        and "nope' does not exist" in result.stderr
+    )
     assert not (tmp_path / "nope").exists()
 
 
@@ -564,7 +800,11 @@ def test_missing_output_folder(cli, tmp_path: Path) -> None:
     [
         (["-", "-k", "box3"], b"", b"error: stdin is empty"),
         (["-", "-k", "box3"], b"definitely not an image", b"error: stdin is not an image"),
-        (["-", "-k", "box3"], (SAMPLES / "astronaut.png").read_bytes()[:20_000], b"error: stdin is truncated"),
+        (
+            ["-", "-k", "box3"],
+            (SAMPLES / "astronaut.png").read_bytes()[:20_000],
+            b"error: stdin is truncated",
+        ),
         (["-", "-k", "nosuchkernel"], b"", b"error: Unknown kernel 'nosuchkernel'"),
     ],
 )
@@ -585,10 +825,18 @@ def test_importing_the_cli_loads_neither_scipy_nor_pillow() -> None:
 # ------------------------------------------------- the whole command against a loop oracle
 
 # scipy.ndimage's border modes as numpy.pad modes (scipy "reflect" repeats the edge pixel).
-NUMPY_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+NUMPY_PAD = {
+    "reflect": "symmetric",
+    "mirror": "reflect",
+    "nearest": "edge",
+    "wrap": "wrap",
+    "constant": "constant",
+}
 
 
-def naive_filter(image: np.ndarray, weights: np.ndarray, mode: str, cval: float, padding: int | str, stride: int) -> np.ndarray:
+def naive_filter(
+    image: np.ndarray, weights: np.ndarray, mode: str, cval: float, padding: int | str, stride: int
+) -> np.ndarray:
     """The lecture's definition, one output position at a time (float64)."""
     fh, fw = weights.shape
     if padding == "same":
@@ -600,10 +848,14 @@ def naive_filter(image: np.ndarray, weights: np.ndarray, mode: str, cval: float,
     padded = np.pad(image.astype(np.float64), pads, mode=NUMPY_PAD[mode], **extra)
     rows = range(0, padded.shape[0] - fh + 1, stride)
     cols = range(0, padded.shape[1] - fw + 1, stride)
-    return np.array([[np.sum(padded[i : i + fh, j : j + fw] * weights) for j in cols] for i in rows])
+    return np.array(
+        [[np.sum(padded[i : i + fh, j : j + fw] * weights) for j in cols] for i in rows]
+    )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     height=st.integers(4, 12),
     width=st.integers(4, 12),
@@ -615,7 +867,15 @@ def naive_filter(image: np.ndarray, weights: np.ndarray, mode: str, cval: float,
     seed=st.integers(0, 2**16),
 )
 def test_filter_command_matches_a_loop_oracle(
-    cli, height: int, width: int, fh: int, fw: int, mode: str, padding: int | str, stride: int, seed: int
+    cli,
+    height: int,
+    width: int,
+    fh: int,
+    fw: int,
+    mode: str,
+    padding: int | str,
+    stride: int,
+    seed: int,
 ) -> None:
     import re
     import tempfile
@@ -627,8 +887,22 @@ def test_filter_command_matches_a_loop_oracle(
     with tempfile.TemporaryDirectory() as folder:
         source, out = Path(folder) / "in.npy", Path(folder) / "out.npy"
         np.save(source, image)
-        result = cli("filter", str(source), "-k", text, "--mode", mode, "--cval", "9",
-                     "--padding", str(padding), "--stride", str(stride), "-o", str(out))
+        result = cli(
+            "filter",
+            str(source),
+            "-k",
+            text,
+            "--mode",
+            mode,
+            "--cval",
+            "9",
+            "--padding",
+            str(padding),
+            "--stride",
+            str(stride),
+            "-o",
+            str(out),
+        )
         if padding != "same" and any(
             (n - f + 2 * (0 if padding == "valid" else int(padding))) % stride
             for n, f in ((height, fh), (width, fw))
@@ -639,5 +913,8 @@ def test_filter_command_matches_a_loop_oracle(
             return
         ok(result)
         np.testing.assert_allclose(
-            np.load(out), naive_filter(image, weights, mode, 9.0, padding, stride), rtol=1e-6, atol=1e-3
+            np.load(out),
+            naive_filter(image, weights, mode, 9.0, padding, stride),
+            rtol=1e-6,
+            atol=1e-3,
         )

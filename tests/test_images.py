@@ -44,12 +44,16 @@ def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a few hundred bytes: a cheap 'bomb')."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 4)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 4))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -116,7 +120,9 @@ def test_to_unit_float_divides_by_the_depth_range() -> None:
     eight = to_unit_float(SAMPLES / "camera.png")
     np.testing.assert_allclose(eight, pillow_pixels(SAMPLES / "camera.png") / 255.0, rtol=1e-6)
     sixteen = to_unit_float(SAMPLES / "coffee-16bit.png")
-    np.testing.assert_allclose(sixteen, pillow_pixels(SAMPLES / "coffee-16bit.png") / 65535.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        sixteen, pillow_pixels(SAMPLES / "coffee-16bit.png") / 65535.0, rtol=1e-6
+    )
     assert eight.dtype == sixteen.dtype == np.float32
     assert to_unit_float(SAMPLES / "chelsea-rgba.png").shape[2] == 3  # alpha not included
 
@@ -186,7 +192,9 @@ def test_folder_is_not_an_image(tmp_path: Path) -> None:
 
 def test_decompression_bomb_names_the_option(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(png_header_only(20_000, 20_000))
-    with pytest.raises(InputError, match=r"400,000,000 pixels.*178,956,970.*--max-pixels 400000000"):
+    with pytest.raises(
+        InputError, match=r"400,000,000 pixels.*178,956,970.*--max-pixels 400000000"
+    ):
         read_image(tmp_path / "bomb.png")
     # Pillow refuses at twice its MAX_IMAGE_PIXELS default, int(1024 * 1024 * 1024 // 4 // 3)
     assert DEFAULT_MAX_PIXELS == 2 * (1024 * 1024 * 1024 // 4 // 3)
@@ -271,7 +279,11 @@ def test_npy_output_is_raw_float32() -> None:
     assert saved.dtype == np.float32 and saved.shape == (2, 2)  # gray: 2-D
     np.testing.assert_array_equal(saved, data)
     rgb = read_image(SAMPLES / "astronaut.png")
-    assert np.load(io.BytesIO(encode_image(rgb.data, like=rgb, fmt="NPY")[0])).shape == (512, 512, 3)
+    assert np.load(io.BytesIO(encode_image(rgb.data, like=rgb, fmt="NPY")[0])).shape == (
+        512,
+        512,
+        3,
+    )
 
 
 def test_write_then_read_is_lossless(tmp_path: Path) -> None:
@@ -324,14 +336,18 @@ def test_interrupted_write_leaves_no_partial_file(
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16"])
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
-def test_png_writer_is_lossless_in_slices(monkeypatch: pytest.MonkeyPatch, mode: str, level: int) -> None:
+def test_png_writer_is_lossless_in_slices(
+    monkeypatch: pytest.MonkeyPatch, mode: str, level: int
+) -> None:
     rng = np.random.default_rng(1)
     channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1}[mode]
     top = 65535 if mode == "I;16" else 255
     # smooth photo-like content plus noise, 97 rows so the slices are uneven
     base = np.linspace(0, top, 97 * 61 * channels).reshape(97, 61, channels)
     values = np.clip(base + rng.normal(0, top / 20, base.shape), 0, top).round()
-    like = images.LoadedImage(values[:, :, :1].astype(np.float32), None, mode, 16 if mode == "I;16" else 8)
+    like = images.LoadedImage(
+        values[:, :, :1].astype(np.float32), None, mode, 16 if mode == "I;16" else 8
+    )
     like.info = {"icc_profile": b"not a real profile, carried as bytes"}
     data = values.astype(np.float32)
     if mode in ("LA", "RGBA"):
@@ -410,7 +426,9 @@ def test_float_tiff_stays_float_and_raw(tmp_path: Path) -> None:
     "convert, suffix, mode_in, mode_out",
     [("CMYK", ".jpg", "CMYK", "CMYK"), ("1", ".png", "L", "L"), ("LA", ".png", "LA", "LA")],
 )
-def test_other_modes(tmp_path: Path, convert: str, suffix: str, mode_in: str, mode_out: str) -> None:
+def test_other_modes(
+    tmp_path: Path, convert: str, suffix: str, mode_in: str, mode_out: str
+) -> None:
     source = tmp_path / f"in{suffix}"
     with Image.open(SAMPLES / "astronaut.png") as image:
         image.convert(convert).save(source)
@@ -419,5 +437,9 @@ def test_other_modes(tmp_path: Path, convert: str, suffix: str, mode_in: str, mo
     write_image(loaded.data, tmp_path / f"out{suffix}", like=loaded)
     assert pillow_mode(tmp_path / f"out{suffix}") == mode_out
     if suffix == ".png":
-        np.testing.assert_array_equal(pillow_pixels(tmp_path / f"out{suffix}"), pillow_pixels(source)
-                                      if convert != "1" else pillow_pixels(source).astype(np.uint8) * 255)
+        np.testing.assert_array_equal(
+            pillow_pixels(tmp_path / f"out{suffix}"),
+            pillow_pixels(source)
+            if convert != "1"
+            else pillow_pixels(source).astype(np.uint8) * 255,
+        )

@@ -91,7 +91,11 @@ def output_size(
                 if isinstance(padding, int) or padding == "valid":
                     padding_int = 0 if padding == "valid" else int(padding)
                     # strides beyond half the image keep one or two pixels: not worth suggesting
-                    strides = [s for s in fitting_strides(n, f, padding_int, limit=6) if s <= max(1, n // 2)][:3]
+                    strides = [
+                        s
+                        for s in fitting_strides(n, f, padding_int, limit=6)
+                        if s <= max(1, n // 2)
+                    ][:3]
                     paddings = fitting_paddings(n, f, stride)
                     fits = []
                     if strides:
@@ -119,7 +123,8 @@ def _image_files(folder: Path) -> list[Path]:
 
     readable = set(Image.registered_extensions()) | {".npy"}
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in readable
     )
 
@@ -141,7 +146,9 @@ def plan_jobs(
     for item in inputs:
         if item == "-":
             if len(inputs) > 1 or out_dir is not None:
-                raise InputError("stdin (-) can only be filtered alone, with -o OUTPUT or to stdout")
+                raise InputError(
+                    "stdin (-) can only be filtered alone, with -o OUTPUT or to stdout"
+                )
             sources.append(item)
             continue
         path = Path(item)
@@ -185,9 +192,7 @@ def plan_jobs(
                 "choose another folder"
             )
         if key in taken:
-            raise InputError(
-                f"'{taken[key]}' and '{source}' would both be written to '{dest}'"
-            )
+            raise InputError(f"'{taken[key]}' and '{source}' would both be written to '{dest}'")
         taken[key] = source
         jobs.append(Job(source, str(dest)))
     return jobs
@@ -266,11 +271,21 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
         futures = {pool.submit(filter_one, job, steps, options): job for job in jobs}
         progress = None
         if show_progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             progress = Progress(
-                TextColumn("filtering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=err_console, transient=True,
+                TextColumn("filtering"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
             )
             progress.start()
             task = progress.add_task("filter", total=len(jobs))
@@ -281,7 +296,9 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
                     dropped_any |= future.result()
                 except ConvcliError as exc:
                     failures += 1
-                    err_console.print(f"[bold red]error:[/] {escape(job.source)}: {escape(str(exc))}")
+                    err_console.print(
+                        f"[bold red]error:[/] {escape(job.source)}: {escape(str(exc))}"
+                    )
                 if progress is not None:
                     progress.advance(task)
         except BaseException:  # Ctrl-C: start no new file (those running finish atomically)
@@ -295,7 +312,9 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
         err_console.print(_ALPHA_NOTE)
     if show_progress:
         done = len(jobs) - failures
-        err_console.print(f"filtered {done} of {len(jobs)} images into {escape(str(Path(jobs[0].dest).parent))}")
+        err_console.print(
+            f"filtered {done} of {len(jobs)} images into {escape(str(Path(jobs[0].dest).parent))}"
+        )
     if failures:
         raise typer.Exit(2)
 
@@ -318,47 +337,81 @@ def filter_command(
         show_default=False,
     ),
     output: str | None = typer.Option(
-        None, "--output", "-o", metavar="OUTPUT",
+        None,
+        "--output",
+        "-o",
+        metavar="OUTPUT",
         help="Output file (format from its extension; .npy = raw float32), or - for stdout. "
         "Default: stdout.",
         show_default=False,
     ),
     out_dir: Path | None = typer.Option(
-        None, "--out-dir", metavar="DIR",
+        None,
+        "--out-dir",
+        metavar="DIR",
         help="Existing folder for the results of several inputs (same file names).",
         show_default=False,
     ),
     mode: str = typer.Option(
-        "reflect", "--mode", "-m", help="Border mode: reflect, constant, nearest, mirror, wrap (scipy.ndimage)."
+        "reflect",
+        "--mode",
+        "-m",
+        help="Border mode: reflect, constant, nearest, mirror, wrap (scipy.ndimage).",
     ),
     cval: float = typer.Option(0.0, "--cval", help="Value outside the image for --mode constant."),
     padding: str = typer.Option(
-        "same", "--padding", "-p", metavar="same|valid|P",
+        "same",
+        "--padding",
+        "-p",
+        metavar="same|valid|P",
         help="same: output has the input's size; valid: only where the kernel fits; "
         "P: extend by P pixels per side (per --mode), then valid.",
     ),
-    stride: int = typer.Option(1, "--stride", "-s", metavar="S", help="Keep every S-th output position."),
-    gray: bool = typer.Option(False, "--gray", help="Convert to one luma channel first (0.299 R + 0.587 G + 0.114 B)."),
-    absolute: bool = typer.Option(False, "--abs", help="Absolute value before rounding (edges of both signs)."),
-    rescale: bool = typer.Option(False, "--rescale", help="Map the result's min..max onto the full range."),
+    stride: int = typer.Option(
+        1, "--stride", "-s", metavar="S", help="Keep every S-th output position."
+    ),
+    gray: bool = typer.Option(
+        False, "--gray", help="Convert to one luma channel first (0.299 R + 0.587 G + 0.114 B)."
+    ),
+    absolute: bool = typer.Option(
+        False, "--abs", help="Absolute value before rounding (edges of both signs)."
+    ),
+    rescale: bool = typer.Option(
+        False, "--rescale", help="Map the result's min..max onto the full range."
+    ),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", metavar="FMT",
+        None,
+        "--format",
+        "-f",
+        metavar="FMT",
         help="Output format for stdout or --out-dir: png (default), jpg, tif, webp, npy, ...",
         show_default=False,
     ),
     compress_level: int = typer.Option(
-        1, "--compress-level", metavar="0-9", help="PNG zlib level (1 is fast; Pillow's default 6 is ~4x slower)."
+        1,
+        "--compress-level",
+        metavar="0-9",
+        help="PNG zlib level (1 is fast; Pillow's default 6 is ~4x slower).",
     ),
     max_pixels: int = typer.Option(
-        _DEFAULT_MAX_PIXELS, "--max-pixels", metavar="N",
+        _DEFAULT_MAX_PIXELS,
+        "--max-pixels",
+        metavar="N",
         help="Refuse images with more pixels (decompression bombs); 0 = no limit.",
     ),
     kernel_path: list[Path] = typer.Option(
-        [], "--kernel-path", metavar="DIR", help="Extra folder of kernel files (repeatable).",
+        [],
+        "--kernel-path",
+        metavar="DIR",
+        help="Extra folder of kernel files (repeatable).",
         show_default=False,
     ),
     jobs: int = typer.Option(
-        0, "--jobs", "-j", metavar="N", help="Images filtered at once with --out-dir (0 = one per core).",
+        0,
+        "--jobs",
+        "-j",
+        metavar="N",
+        help="Images filtered at once with --out-dir (0 = one per core).",
         show_default=False,
     ),
 ) -> None:
@@ -366,16 +419,22 @@ def filter_command(
     check_mode(mode)
     pad = parse_padding(padding)
     if stride < 1:
-        fail(f"Unknown value for `stride`. Allowed values are: integers >= 1. Received: stride={stride}")
+        fail(
+            f"Unknown value for `stride`. Allowed values are: integers >= 1. Received: stride={stride}"
+        )
     if not 0 <= compress_level <= 9:
         fail(
             "Unknown value for `compress-level`. Allowed values are: 0 to 9. "
             f"Received: compress-level={compress_level}"
         )
     if max_pixels < 0:
-        fail(f"Unknown value for `max-pixels`. Allowed values are: 0 (no limit) or more. Received: {max_pixels}")
+        fail(
+            f"Unknown value for `max-pixels`. Allowed values are: 0 (no limit) or more. Received: {max_pixels}"
+        )
     if jobs < 0:
-        fail(f"Unknown value for `jobs`. Allowed values are: 0 (one per core) or more. Received: {jobs}")
+        fail(
+            f"Unknown value for `jobs`. Allowed values are: 0 (one per core) or more. Received: {jobs}"
+        )
 
     steps = _resolve_steps(kernel, kernel_path)
     planned = plan_jobs(inputs, output, out_dir, fmt)
@@ -385,8 +444,16 @@ def filter_command(
             "or redirect stdout (convcli filter ... > out.png)"
         )
     options = Options(
-        mode=mode, cval=cval, padding=pad, stride=stride, gray=gray, absolute=absolute,
-        rescale=rescale, fmt=fmt, compress_level=compress_level, max_pixels=max_pixels or None,
+        mode=mode,
+        cval=cval,
+        padding=pad,
+        stride=stride,
+        gray=gray,
+        absolute=absolute,
+        rescale=rescale,
+        fmt=fmt,
+        compress_level=compress_level,
+        max_pixels=max_pixels or None,
     )
     if out_dir is None:
         if filter_one(planned[0], steps, options):
