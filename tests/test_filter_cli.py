@@ -918,3 +918,14 @@ def test_filter_command_matches_a_loop_oracle(
             rtol=1e-6,
             atol=1e-3,
         )
+
+
+def test_npy_through_stdin_and_stdout_subprocess() -> None:
+    array = np.arange(30, dtype=np.float32).reshape(5, 6) * -1.5
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    proc = run_convcli("filter", "-", "-k", TILTED_TEXT, "--format", "npy", input=buffer.getvalue())
+    assert proc.returncode == 0, proc.stderr
+    raw = np.load(io.BytesIO(proc.stdout))
+    assert_raw(raw, ndimage.correlate(array.astype(np.float64), TILTED, mode="reflect"))
+    assert raw.min() < 0  # raw: negative values kept
