@@ -53,3 +53,22 @@ def test_built_wheel_contains_the_library_and_works_from_elsewhere(tmp_path: Pat
     document = json.loads(result.stdout)
     assert Path(document["path"]) == site / "convcli" / "_kernels" / "box3.toml"
     assert document["matrix"] == [[1 / 9] * 3] * 3
+
+
+def test_installed_script_finds_the_library_from_any_folder(tmp_path: Path) -> None:
+    """The console script of this environment (CI installs the project with plain
+    ``pip install .``) lists the kernels from an unrelated folder, with no PYTHONPATH."""
+    script = Path(sys.executable).parent / "convcli"
+    if not script.exists():
+        pytest.skip("convcli is not installed in this environment")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CONVCLI_KERNEL_PATH")}
+    where = subprocess.run(
+        [sys.executable, "-c", "import convcli; print(convcli.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    result = subprocess.run([str(script), "kernels", "box3", "--json"], cwd=tmp_path, env=env, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    document = json.loads(result.stdout)
+    assert document["matrix"] == [[1 / 9] * 3] * 3
+    if "site-packages" in where:  # a real (not editable) install: the wheel's own copy
+        assert Path(document["path"]) == Path(where).parent / "_kernels" / "box3.toml"
