@@ -74,6 +74,15 @@ def _check_output(path: Path | None, suffix: str, option: str) -> None:
         raise InputError(f"{option}: folder {folder} does not exist")
 
 
+def _display_path(path: Path) -> str:
+    """A path relative to the working folder when it lies inside it (model files store
+    their weights path absolute)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _print_table(
     model: Model, stats: list[LayerStats], labels: list[str], weights_note: str, wall: float
 ) -> None:
@@ -190,7 +199,7 @@ def run_command(
     weights_path = weights if weights is not None else model.weights_path
     if weights_path is not None:
         params = forward.load_weights(model, weights_path)
-        weights_note = f"weights {weights_path}" + (" (named by the model file)" if weights is None else "")
+        weights_note = f"weights {_display_path(weights_path)}" + (" (named by the model file)" if weights is None else "")
     else:
         params = forward.init_params(model, seed=seed or 0)
         weights_note = f"random weights (He normal, seed {seed or 0})"
