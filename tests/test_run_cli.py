@@ -49,8 +49,9 @@ def test_digits_demo_prints_seven(cli, samples: Path) -> None:
     assert "named by the model file" in text
     for name in ("conv1", "relu1", "pool1", "fc2", "softmax1", "Zeros", "8x8x16", "Top 5"):
         assert name in text
-    rank_one = next(line for line in text.splitlines() if line.strip("│ ").startswith("1 "))
-    assert rank_one.split("│")[2].strip() == "7"
+    top = text[text.index("Top 5"):].splitlines()
+    rank_one = next(line.split() for line in top if line.split()[:1] == ["1"])
+    assert rank_one[1] == "7" and float(rank_one[2]) > 0.9
 
 
 def test_digits_json_top5_and_output_match_the_library(cli, samples: Path) -> None:
@@ -130,10 +131,11 @@ def test_class_names_from_the_model_file(cli, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.ones((2, 2, 1), np.float32))
     result = cli("run", str(toml), str(tmp_path / "x.npy"), "--weights", str(tmp_path / "w.npz"))
     assert result.exit_code == 0, result.stderr
-    top = [line for line in result.stdout.splitlines() if line.strip("│ ")[:1].isdigit()]
-    assert [row.split("│")[2].strip() for row in top] == ["owl", "cat", "dog"]
+    lines = result.stdout[result.stdout.index("Top 3"):].splitlines()
+    top = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"], ["3"])]
+    assert [row[1] for row in top] == ["owl", "cat", "dog"]
     p_owl = np.exp(4) / (np.exp(4) + 2)  # logits 0, 0, 4
-    assert f"{p_owl:.4f}" in top[0]
+    assert top[0][2] == f"{p_owl:.4f}"
 
 
 def test_weights_named_by_a_toml_model(cli, tmp_path: Path) -> None:

@@ -33,8 +33,13 @@ def _number(value: float) -> str:
     if value == 0:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.2e}"
+        return f"{value:.2g}"
     return f"{value:.4g}"
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
 
 
 def _probability(p: float, digits: int = 4) -> str:
@@ -86,37 +91,40 @@ def _display_path(path: Path) -> str:
 def _print_table(
     model: Model, stats: list[LayerStats], labels: list[str], weights_note: str, wall: float
 ) -> None:
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     n = len(labels)
     table = Table(
         title=f"{escape(model.name)}: {n} input{'s' if n != 1 else ''} {_shape(tuple(model.input_shape))}, {escape(weights_note)}",
-        title_justify="left",
+        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
     )
-    for header, justify in [("Layer", "left"), ("Type", "left"), ("Output", "right"), ("Time ms", "right"),
+    for header, justify in [("Layer", "left"), ("Type", "left"), ("Output", "right"), ("ms", "right"),
                             ("Min", "right"), ("Mean", "right"), ("Max", "right"), ("Zeros", "right")]:
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        table.add_column(header, justify=justify, no_wrap=header in ("Layer", "Type", "Output"))  # type: ignore[arg-type]
     for s in stats:
         zeros = s.zero_fraction
         table.add_row(
-            escape(s.layer.name), _short_type(s.layer), _shape(s.output_shape), f"{s.seconds * 1e3:.2f}",
+            escape(s.layer.name), _short_type(s.layer), _shape(s.output_shape), _milliseconds(s.seconds),
             _number(s.minimum), _number(s.mean), _number(s.maximum),
             "" if zeros is None else f"{zeros:.1%}",
         )
     total = sum(s.seconds for s in stats)
     table.add_section()
-    table.add_row("total", "", "", f"{total * 1e3:.2f}", "", "", "", "")
+    table.add_row("total", "", "", _milliseconds(total), "", "", "", "")
     out_console.print(table)
-    out_console.print(f"forward pass {total * 1e3:.1f} ms, wall time {wall * 1e3:.1f} ms (including reading inputs)")
+    out_console.print(f"forward pass {total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")
 
 
 def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> None:
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     if len(labels) == 1:
-        table = Table(title=f"Top {len(top[0])}: {escape(labels[0])}", title_justify="left")
+        table = Table(title=f"Top {len(top[0])}: {escape(labels[0])}", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("Rank", justify="right")
         table.add_column("Class")
         table.add_column("Probability", justify="right")
@@ -125,7 +133,8 @@ def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> No
         out_console.print(table)
         return
     shown = min(len(labels), TOP_ROWS)
-    table = Table(title=f"Top {len(top[0])} classes (probability)", title_justify="left")
+    table = Table(title=f"Top {len(top[0])} classes (probability)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Input", overflow="fold")
     for rank in range(1, len(top[0]) + 1):
         table.add_column(f"#{rank}", justify="right")
