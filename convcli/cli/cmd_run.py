@@ -165,7 +165,7 @@ def run_command(
         show_default=False,
     ),
     seed: int | None = typer.Option(
-        None, "--seed", metavar="N", help="Seed of the random weights and of --train-dropout. [default: 0]",
+        None, "--seed", metavar="N", help="Seed of the random weights and of --train-dropout. \\[default: 0]",
         show_default=False,
     ),
     save_weights: Path | None = typer.Option(
