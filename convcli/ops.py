@@ -611,6 +611,9 @@ def avg_pool2d(
     """
     x, size, strides_ = _pool_args(x, pool_size, strides, "avg_pool2d")
     pads, oh, ow = _pool_geometry(x, size, strides_, padding, "avg_pool2d")
+    n, h, w, c = x.shape
+    if c <= 32 and strides_ == size and not any(pads) and h == oh * size[0] and w == ow * size[1]:
+        return _avg_pool_tiles(x, size)
     xp = _PaddedGroups(x, pads, x.shape[0]).get(0, x.shape[0])
     slices = _offsets(xp, size, strides_, (oh, ow))
     out = np.array(next(slices), dtype=_F32, copy=True, order="C")
@@ -626,6 +629,23 @@ def avg_pool2d(
     else:
         out *= _F32(1.0 / (size[0] * size[1]))
     return out
+
+
+def _avg_pool_tiles(x: np.ndarray, size: Pair) -> np.ndarray:
+    """Non-overlapping average pooling that tiles the image exactly, for few channels:
+    the F_h rows of each tile are added as whole contiguous image rows, then each group of
+    F_w neighbouring pixels is averaged by one small matrix product. Element-wise numpy
+    over C-float runs is slow when C is small (LeNet's 6 channels: 2x faster this way)."""
+    n, h, w, c = x.shape
+    ph, pw = size
+    rows = x.reshape(n * (h // ph), ph, w * c)
+    summed = np.array(rows[:, 0], dtype=_F32, copy=True)
+    for i in range(1, ph):
+        summed += rows[:, i]
+    averaging = np.zeros((pw, c, c), _F32)
+    averaging[:, np.arange(c), np.arange(c)] = _F32(1.0 / (ph * pw))
+    out = np.matmul(summed.reshape(-1, pw * c), averaging.reshape(pw * c, c))
+    return out.reshape(n, h // ph, w // pw, c)
 
 
 def _real_counts(n: int, size: int, stride: int, before: int, out: int) -> np.ndarray:

@@ -320,6 +320,8 @@ POOL_CASES = [
     (5, 5, (5, 5), (1, 1), "valid"),
     (3, 4, (1, 1), (2, 2), "same"),
     (9, 9, (2, 3), (3, 2), "valid"),
+    (9, 8, (3, 2), (3, 2), "valid"),  # tiles the image exactly (the average's fast path)
+    (6, 6, (1, 3), (1, 3), "valid"),
 ]
 
 
