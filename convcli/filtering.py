@@ -72,6 +72,9 @@ _BLAS_SINGLE_THREAD_MNK = 4 * 65536
 # adds (measured on a 4K RGB image: about 8 ms per operation against 60-70 ms for the
 # banded product of a short filter).
 _SHIFT_ADD_OPS = 7
+# Vertical filters: a banded product of a short filter costs about 0.45 ns per element
+# but holds the GIL (numpy's matmul), shifted adds run on all cores.
+_SHIFT_ADD_OPS_VERTICAL = 3
 
 
 # --------------------------------------------------------------------------- validation
@@ -168,6 +171,34 @@ def _cross_terms(w: np.ndarray, rank: int) -> tuple[list[np.ndarray], list[np.nd
     return cols, rows
 
 
+def _term_ops(u: np.ndarray, v: np.ndarray) -> int:
+    """Whole-strip operations a term takes (banded products counted as their cost)."""
+    vertical = _shift_add_ops(_tap_groups(u))
+    horizontal = _shift_add_ops(_tap_groups(v))
+    return (vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else 4) + (
+        horizontal if horizontal <= _SHIFT_ADD_OPS else 9
+    )
+
+
+def _balance(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u/g, v*g for the g that makes the term cheapest, among exact rescalings only.
+
+    Moving a factor between u and v does not change the kernel; choosing it so that
+    weights become 1 or -1 saves whole-array multiplications (Sobel x is taken as
+    [1, 2, 1]^T [-1, 0, 1], one subtraction horizontally).
+    """
+    best, best_ops = (u, v), _term_ops(u, v)
+    target = np.outer(u, v)
+    for g in {float(a) * sign for a in np.abs(u[u != 0]) for sign in (1.0, -1.0)} | {-1.0}:
+        u2, v2 = u / g, v * g
+        exact = np.array_equal(u2.astype(np.float32), u2) and np.array_equal(v2.astype(np.float32), v2)
+        if exact and np.array_equal(np.outer(u2, v2), target):
+            ops = _term_ops(u2, v2)
+            if ops < best_ops:
+                best, best_ops = (u2, v2), ops
+    return best
+
+
 def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Exact sum-of-outer-products form of ``w`` with as few terms as possible.
 
@@ -194,7 +225,8 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
             # Each term is rounded in its own passes: its size sum|u| * sum|v| bounds that.
             spread = sum(float(np.abs(c).sum() * np.abs(v).sum()) for c, v in zip(cols, rows))
             if error <= 4 * _EPS32 * scale and spread <= 4 * scale:
-                return cols32, rows32
+                balanced = [_balance(c, v) for c, v in zip(cols32, rows32, strict=True)]
+                return [c for c, _ in balanced], [v for _, v in balanced]
     if kh <= kw:  # K = sum_t e_t outer K[t]: one term per kernel row
         return [np.eye(kh)[t] for t in range(kh)], [w[t] for t in range(kh)]
     return [w[:, t] for t in range(kw)], [np.eye(kw)[t] for t in range(kw)]
@@ -327,6 +359,7 @@ class _Term:
     row: np.ndarray  # v, horizontal, float32
     column_shift: int | None  # u is a unit vector at this tap: the vertical pass is a copy
     taps: list[tuple[tuple[int, ...], float]] | None  # v as shifted adds: (taps, weight)
+    vtaps: list[tuple[tuple[int, ...], float]] | None  # u as shifted adds, when cheaper
     bands: dict[int, np.ndarray]  # rows -> band matrix of u
     blocks: dict[int, np.ndarray]  # columns -> Kronecker band matrix of v (all channels)
     edge_cval: float  # constant mode: the vertically filtered image outside the border
@@ -364,9 +397,48 @@ def _tap_groups(v: np.ndarray) -> list[tuple[tuple[int, ...], float]]:
 
 
 def _shift_add_ops(groups: list[tuple[tuple[int, ...], float]]) -> int:
-    """Whole-array operations the shifted adds take (the first group writes directly)."""
-    ops = sum(len(taps) + (abs(weight) != 1.0) for taps, weight in groups)
-    return ops - 1 if groups else 1
+    """Whole-array operations :func:`_apply_groups` takes for ``groups`` (writing dst)."""
+    ops = 0
+    for number, (taps, weight) in enumerate(groups):
+        if len(taps) == 2:
+            ops += 1 + (weight != 1.0) if number == 0 else 2 + (abs(weight) != 1.0)
+        else:
+            ops += 1 if number == 0 or abs(weight) == 1.0 else 2
+    return max(ops, 1)
+
+
+def _apply_groups(
+    groups: list[tuple[tuple[int, ...], float]],
+    tap: Callable[[int], np.ndarray],
+    dst: np.ndarray,
+    first: bool,
+    scratch: np.ndarray,
+) -> None:
+    """dst (+)= sum over groups of weight * (tap(i) +/- tap(j)), as whole-array operations."""
+    if not groups:
+        if first:
+            dst[...] = 0.0
+        return
+    for number, (taps, weight) in enumerate(groups):
+        a = tap(taps[0])
+        if len(taps) == 2:
+            combine = np.add if taps[0] < taps[1] else np.subtract
+            if number == 0 and first:
+                combine(a, tap(taps[1]), out=dst)
+                if weight != 1.0:
+                    np.multiply(dst, np.float32(weight), out=dst)
+                continue
+            combine(a, tap(taps[1]), out=scratch)
+            if abs(weight) != 1.0:
+                np.multiply(scratch, np.float32(weight), out=scratch)
+            (np.subtract if weight == -1.0 else np.add)(dst, scratch, out=dst)
+        elif number == 0 and first:
+            np.multiply(a, np.float32(weight), out=dst)
+        elif abs(weight) == 1.0:
+            (np.add if weight == 1.0 else np.subtract)(dst, a, out=dst)
+        else:
+            np.multiply(a, np.float32(weight), out=scratch)
+            np.add(dst, scratch, out=dst)
 
 
 def _prepare_term(column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, cval: float) -> _Term:
@@ -375,6 +447,8 @@ def _prepare_term(column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, c
     eye = np.eye(c, dtype=np.float32)
     groups = _tap_groups(v)
     taps = groups if _shift_add_ops(groups) <= _SHIFT_ADD_OPS else None
+    vgroups = _tap_groups(u)
+    vtaps = vgroups if _shift_add_ops(vgroups) <= _SHIFT_ADD_OPS_VERTICAL else None
     last_rows = h % _BAND_ROWS or _BAND_ROWS
     last_cols = w % _BLOCK_COLS or _BLOCK_COLS
     return _Term(
@@ -382,6 +456,7 @@ def _prepare_term(column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, c
         row=v,
         column_shift=_unit_tap(u),
         taps=taps,
+        vtaps=vtaps,
         bands={n: _band(u, n) for n in {_BAND_ROWS, last_rows}},
         blocks={} if taps is not None else {
             n: np.kron(_band(v, n).T, eye) for n in {_BLOCK_COLS, last_cols}
@@ -416,30 +491,46 @@ def _separable(
     widest = max(t.row.shape[0] for terms in prepared for t in terms)
     strips = list(range(0, h, _STRIP_ROWS))
 
-    def vertical(t: _Term, i0: int, i1: int, buf: np.ndarray) -> np.ndarray:
-        """Rows i0..i1 of the vertical pass (a view of x when it is a pure shift)."""
+    def source_rows(t: _Term, r0: int, r1: int) -> np.ndarray:
+        """Input rows that vertical outputs r0..r1 read (extended beyond the border)."""
         k = t.column.shape[0]
+        lo, hi = r0 - k // 2, r1 - k // 2 + k - 1
+        return x2[lo:hi] if lo >= 0 and hi <= h else _take_extended(x2, lo, hi, 0, mode, cval)
+
+    def vertical(
+        t: _Term, i0: int, i1: int, buf: np.ndarray, scratch: np.ndarray, view: bool = False
+    ) -> np.ndarray:
+        """Rows i0..i1 of the vertical pass, into ``buf`` (or, if ``view``, a view of x
+        when the pass is a pure shift)."""
+        n = i1 - i0
         if t.column_shift is not None:
-            a, b = i0 - k // 2 + t.column_shift, i1 - k // 2 + t.column_shift
-            if a >= 0 and b <= h:
-                return x2[a:b]
-            return _take_extended(x2, a, b, 0, mode, cval)
+            src = source_rows(t, i0, i1)[t.column_shift : t.column_shift + n]
+            if view:
+                return src
+            np.copyto(buf[:n], src)
+            return buf[:n]
+        if t.vtaps is not None:
+            src = source_rows(t, i0, i1)
+            _apply_groups(t.vtaps, lambda tap: src[tap : tap + n], buf[:n], True, scratch[:n])
+            return buf[:n]
         for r0 in range(i0, i1, _BAND_ROWS):
             r1 = min(r0 + _BAND_ROWS, i1)
-            lo, hi = r0 - k // 2, r1 - k // 2 + k - 1
-            src = x2[lo:hi] if lo >= 0 and hi <= h else _take_extended(x2, lo, hi, 0, mode, cval)
+            src = source_rows(t, r0, r1)
             band = t.bands[r1 - r0]
             step = _blas_chunk(band.shape[0] * band.shape[1], w * c)
             for j0 in range(0, w * c, step):
                 np.matmul(band, src[:, j0 : j0 + step], out=buf[r0 - i0 : r1 - i0, j0 : j0 + step])
-        return buf[: i1 - i0]
+        return buf[:n]
 
-    def shifted_adds(t: _Term, v: np.ndarray, vpad: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray) -> None:
-        n = v.shape[0]
+    def shifted_adds(
+        t: _Term, i0: int, i1: int, vpad: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray
+    ) -> None:
+        """Vertical pass written straight into a column-padded buffer, then shifted adds."""
+        n = i1 - i0
         k = t.row.shape[0]
         left, right = k // 2, k - 1 - k // 2
         padded = vpad[:n, : (w + k - 1) * c]
-        padded[:, left * c : (left + w) * c] = v
+        vertical(t, i0, i1, padded[:, left * c : (left + w) * c], tmp)
         if left or right:
             edge = t.edge_cval if t.column_shift is None else cval
             p3 = padded.reshape(n, w + k - 1, c)
@@ -450,28 +541,7 @@ def _separable(
             else:
                 p3[:, outside] = p3[:, left + index[outside]]
         assert t.taps is not None
-        if not t.taps:
-            if first:
-                dst[...] = 0.0
-            return
-        scratch = tmp[:n]
-        for number, (taps, weight) in enumerate(t.taps):
-            a = padded[:, taps[0] * c : (taps[0] + w) * c]
-            target = dst if number == 0 and first else scratch
-            if len(taps) == 2:
-                b = padded[:, taps[1] * c : (taps[1] + w) * c]
-                (np.add if taps[0] < taps[1] else np.subtract)(a, b, out=target)
-                if weight != 1.0:
-                    np.multiply(target, np.float32(weight), out=target)
-            elif target is dst:
-                np.multiply(a, np.float32(weight), out=dst)
-            elif weight in (1.0, -1.0):
-                (np.add if weight == 1.0 else np.subtract)(dst, a, out=dst)
-                continue
-            else:
-                np.multiply(a, np.float32(weight), out=scratch)
-            if target is scratch:
-                np.add(dst, scratch, out=dst)
+        _apply_groups(t.taps, lambda tap: padded[:, tap * c : (tap + w) * c], dst, first, tmp[:n])
 
     def banded(t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray) -> None:
         n = v.shape[0]
@@ -509,11 +579,10 @@ def _separable(
             for number, terms in enumerate(prepared):
                 dst = o2[i0:i1] if number == 0 else second[: i1 - i0]  # type: ignore[index]
                 for s, t in enumerate(terms):
-                    v = vertical(t, i0, i1, buf)
                     if t.taps is not None:
-                        shifted_adds(t, v, vpad, dst, s == 0, tmp)
+                        shifted_adds(t, i0, i1, vpad, dst, s == 0, tmp)
                     else:
-                        banded(t, v, dst, s == 0, tmp)
+                        banded(t, vertical(t, i0, i1, buf, tmp, view=True), dst, s == 0, tmp)
             if second is not None:  # gradient magnitude, as gradient_magnitude computes it
                 g1, g2 = o2[i0:i1], second[: i1 - i0]
                 np.multiply(g1, g1, out=g1)
