@@ -288,7 +288,7 @@ def _print_table(results: list[dict[str, Any]], args: argparse.Namespace, torch_
 
     print(f"threads: {args.threads}, best of {args.repeat} passes; numpy {np.__version__}, "
           f"PyTorch {torch_version or 'not installed (convcli alone)'}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
     print()
     print("| case | batch | convcli ms (median) | GFLOP/s | peak MB | PyTorch ms (median) | GFLOP/s | peak MB "
           "| time ratio (target) | memory ratio | max abs diff |")

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from convcli import geometry
 from convcli.errors import ModelError, ShapeError
@@ -431,14 +431,22 @@ def conv2d(
         cols_per_row = fh * ((group - 1) * strides_[1] + fw) * c
     else:
         cols_per_row = fh * fw * c
+    # The bias rides in the product: a column of ones in the im2col matrix against a bias
+    # row under the kernel matrix, instead of a separate pass over the output.
+    total = cols_per_row
+    if bias_ is not None:
+        weights = np.concatenate([weights, bias_[None, :]])
+        total += 1
     # A single input channel (and no grouping): copy the transposed im2col (F_h*F_w, M),
     # whose rows are long contiguous runs of the image, and let BLAS read it transposed;
     # channels-last rows would be only F_w floats long, 3x slower to copy.
     transposed = c == 1 and group == 1
     row_positions = ow // group  # im2col rows per output row
     out_matrix = out.reshape(n * oh * row_positions, group * k)  # a view: one row per im2col row
-    samples, rows = _chunks(n, oh, row_positions * cols_per_row * 4, _chunk_budget(chunk_bytes, cols_per_row))
-    buffer = np.empty(samples * rows * row_positions * cols_per_row, _F32)
+    samples, rows = _chunks(n, oh, row_positions * total * 4, _chunk_budget(chunk_bytes, total))
+    buffer = np.empty(samples * rows * row_positions * total, _F32)
+    if bias_ is not None and not transposed:
+        buffer.reshape(-1, total)[:, cols_per_row] = 1  # never overwritten by the copies
     padded = _PaddedGroups(x, pads, samples)
     for n0 in range(0, n, samples):
         n1 = min(n, n0 + samples)
@@ -449,18 +457,34 @@ def conv2d(
             m = (n1 - n0) * (r1 - r0) * row_positions
             if transposed:
                 part = view[:, :, :, r0:r1]
-                cols = buffer[: m * cols_per_row].reshape(cols_per_row, m)
-                np.copyto(cols.reshape(part.shape), part)
+                cols = buffer[: m * total].reshape(total, m)
+                np.copyto(cols[:cols_per_row].reshape(part.shape), part)
+                if bias_ is not None:
+                    cols[cols_per_row] = 1
                 matrix = cols.T
             else:
                 part = view[:, r0:r1]
-                matrix = buffer[: m * cols_per_row].reshape(m, cols_per_row)
-                np.copyto(matrix.reshape(part.shape), part)
+                matrix = buffer[: m * total].reshape(m, total)
+                np.copyto(_leading_columns(matrix, part.shape), part)
             start = (n0 * oh + r0) * row_positions  # whole samples, or rows of one sample
             block = out_matrix[start : start + m]
             np.matmul(matrix, weights, out=block)
-            _finish(block, bias_, activation, alpha, k)
+            _finish(block, None, activation, alpha, k)
     return out
+
+
+def _leading_columns(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable view of the first prod(shape[3:]) columns of the C-contiguous (m, total)
+    ``matrix``, shaped ``(a, b, c, *tail)`` with a*b*c = m (the window view's shape)."""
+    item, total = matrix.itemsize, matrix.shape[1]
+    lead, tail = shape[:3], shape[3:]
+    tail_strides: list[int] = []
+    step = item
+    for size in reversed(tail):
+        tail_strides.insert(0, step)
+        step *= size
+    lead_strides = (lead[1] * lead[2] * total * item, lead[2] * total * item, total * item)
+    return as_strided(matrix, shape=shape, strides=lead_strides + tuple(tail_strides))
 
 
 def _bias(bias: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray | None:
