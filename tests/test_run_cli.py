@@ -263,3 +263,15 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(batch: Path) -> None:
     done = run_convcli("run", SMALL, str(batch), str(batch), "--batch-size", "2", "--json")
     assert done.returncode == 0 and done.stderr == b""
     assert json.loads(done.stdout)["output_shape"] == [6, 4]
+
+
+def test_progress_bar_on_a_terminal_for_large_batches(cli, batch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convcli.cli import _app
+
+    monkeypatch.setattr(type(_app.err_console), "is_terminal", property(lambda self: True))
+    result = cli("run", SMALL, str(batch), str(batch), "--batch-size", "2", "--json")
+    assert result.exit_code == 0
+    assert "\x1b[?25l" in result.stderr  # the live progress display started (and hid the cursor)
+    assert json.loads(result.stdout)["output_shape"] == [6, 4]
+    small = cli("run", SMALL, str(batch), "--batch-size", "64", "--json")  # one batch: no bar
+    assert small.exit_code == 0 and small.stderr == ""
