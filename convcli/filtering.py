@@ -63,7 +63,7 @@ _MAX_TERMS = 8
 # Output rows per vertical strip and columns per horizontal block of the banded products
 # (measured on a 3840x2160 RGB image: blocks of 16-32 keep the band matrices small while
 # each sgemm call is still large enough to run near full speed).
-_STRIP_ROWS = 64
+_STRIP_ROWS = 32
 _BAND_ROWS = 16
 _BLOCK_COLS = 16
 _STRIPS_PER_TASK = 2
@@ -73,8 +73,9 @@ _BLAS_SINGLE_THREAD_MNK = 4 * 65536
 # banded product of a short filter).
 _SHIFT_ADD_OPS = 7
 # Vertical filters: a banded product of a short filter costs about 0.45 ns per element
-# but holds the GIL (numpy's matmul), shifted adds run on all cores.
-_SHIFT_ADD_OPS_VERTICAL = 3
+# but holds the GIL (numpy's matmul runs on one core at a time), while shifted adds run
+# on all cores; measured on 2 cores, shifted adds win up to about 7 operations.
+_SHIFT_ADD_OPS_VERTICAL = 7
 
 
 # --------------------------------------------------------------------------- validation
@@ -175,8 +176,8 @@ def _term_ops(u: np.ndarray, v: np.ndarray) -> int:
     """Whole-strip operations a term takes (banded products counted as their cost)."""
     vertical = _shift_add_ops(_tap_groups(u))
     horizontal = _shift_add_ops(_tap_groups(v))
-    return (vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else 4) + (
-        horizontal if horizontal <= _SHIFT_ADD_OPS else 9
+    return (vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else _SHIFT_ADD_OPS_VERTICAL + 1) + (
+        horizontal if horizontal <= _SHIFT_ADD_OPS else _SHIFT_ADD_OPS + 2
     )
 
 
@@ -248,8 +249,12 @@ def _cost(
     if method == "separable":
         per_element = 0.0
         for u, v in zip(*terms, strict=True):
-            if _unit_tap(u.astype(np.float32)) is None:
-                per_element += 0.5e-9 + 0.045e-9 * kh
+            vertical_ops = _shift_add_ops(_tap_groups(u.astype(np.float32)))
+            if _unit_tap(u.astype(np.float32)) is None:  # else a free shift
+                if vertical_ops <= _SHIFT_ADD_OPS_VERTICAL:
+                    per_element += vertical_ops * 0.32e-9
+                else:
+                    per_element += 0.5e-9 + 0.045e-9 * kh
             ops = _shift_add_ops(_tap_groups(v.astype(np.float32)))
             per_element += (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 3.0e-9 + 0.1e-9 * kw
         return n * per_element + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
