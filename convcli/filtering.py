@@ -365,6 +365,8 @@ class _Term:
     column_shift: int | None  # u is a unit vector at this tap: the vertical pass is a copy
     taps: list[tuple[tuple[int, ...], float]] | None  # v as shifted adds: (taps, weight)
     vtaps: list[tuple[tuple[int, ...], float]] | None  # u as shifted adds, when cheaper
+    taps_scale: float  # common factor of v's taps, applied once at the end (1: none)
+    vtaps_scale: float  # same for u
     bands: dict[int, np.ndarray]  # rows -> band matrix of u
     blocks: dict[int, np.ndarray]  # columns -> Kronecker band matrix of v (all channels)
     edge_cval: float  # constant mode: the vertically filtered image outside the border
@@ -412,14 +414,41 @@ def _shift_add_ops(groups: list[tuple[tuple[int, ...], float]]) -> int:
     return max(ops, 1)
 
 
+def _factor_out(
+    groups: list[tuple[tuple[int, ...], float]],
+) -> tuple[list[tuple[tuple[int, ...], float]], float]:
+    """Groups divided by a common weight when that saves operations (box: 1/9 once).
+
+    Only exact divisions are used: every weight w must satisfy float32(w / s) * s == w.
+    """
+    best, best_scale, best_ops = groups, 1.0, _shift_add_ops(groups)
+    for scale in {abs(weight) for _, weight in groups} - {1.0, 0.0}:
+        scaled = [(taps, weight / scale) for taps, weight in groups]
+        exact = all(
+            np.float32(np.float32(weight / scale) * np.float32(scale)) == np.float32(weight)
+            and np.float32(weight / scale) == weight / scale
+            for _, weight in groups
+        )
+        ops = _shift_add_ops(scaled) + 1
+        if exact and ops < best_ops:
+            best, best_scale, best_ops = scaled, scale, ops
+    return best, best_scale
+
+
 def _apply_groups(
     groups: list[tuple[tuple[int, ...], float]],
     tap: Callable[[int], np.ndarray],
     dst: np.ndarray,
     first: bool,
     scratch: np.ndarray,
+    scale: float = 1.0,
 ) -> None:
-    """dst (+)= sum over groups of weight * (tap(i) +/- tap(j)), as whole-array operations."""
+    """dst (+)= scale * sum over groups of weight * (tap(i) +/- tap(j)), as whole-array
+    operations (``scale`` other than 1 only when ``first``)."""
+    if scale != 1.0:
+        _apply_groups(groups, tap, dst, first, scratch)
+        np.multiply(dst, np.float32(scale), out=dst)
+        return
     if not groups:
         if first:
             dst[...] = 0.0
@@ -446,14 +475,19 @@ def _apply_groups(
             np.add(dst, scratch, out=dst)
 
 
-def _prepare_term(column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, cval: float) -> _Term:
+def _prepare_term(
+    column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, cval: float, first: bool
+) -> _Term:
+    """Band matrices and tap groups of one term (``first``: it writes the output, not adds)."""
     u = column.astype(np.float32)
     v = row.astype(np.float32)
     eye = np.eye(c, dtype=np.float32)
-    groups = _tap_groups(v)
-    taps = groups if _shift_add_ops(groups) <= _SHIFT_ADD_OPS else None
-    vgroups = _tap_groups(u)
-    vtaps = vgroups if _shift_add_ops(vgroups) <= _SHIFT_ADD_OPS_VERTICAL else None
+    groups, taps_scale = _factor_out(_tap_groups(v)) if first else (_tap_groups(v), 1.0)
+    ops = _shift_add_ops(groups) + (taps_scale != 1.0)
+    taps = groups if ops <= _SHIFT_ADD_OPS else None
+    vgroups, vtaps_scale = _factor_out(_tap_groups(u))
+    vops = _shift_add_ops(vgroups) + (vtaps_scale != 1.0)
+    vtaps = vgroups if vops <= _SHIFT_ADD_OPS_VERTICAL else None
     last_rows = h % _BAND_ROWS or _BAND_ROWS
     last_cols = w % _BLOCK_COLS or _BLOCK_COLS
     return _Term(
@@ -462,6 +496,8 @@ def _prepare_term(column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, c
         column_shift=_unit_tap(u),
         taps=taps,
         vtaps=vtaps,
+        taps_scale=taps_scale,
+        vtaps_scale=vtaps_scale,
         bands={n: _band(u, n) for n in {_BAND_ROWS, last_rows}},
         blocks={} if taps is not None else {
             n: np.kron(_band(v, n).T, eye) for n in {_BLOCK_COLS, last_cols}
@@ -492,7 +528,13 @@ def _separable(
     out = np.empty_like(x)
     x2 = x.reshape(h, w * c)
     o2 = out.reshape(h, w * c)
-    prepared = [[_prepare_term(u, v, h, w, c, cval) for u, v in zip(p.columns, p.rows, strict=True)] for p in plans]
+    prepared = [
+        [
+            _prepare_term(u, v, h, w, c, cval, first=s == 0)
+            for s, (u, v) in enumerate(zip(p.columns, p.rows, strict=True))
+        ]
+        for p in plans
+    ]
     widest = max(t.row.shape[0] for terms in prepared for t in terms)
     strips = list(range(0, h, _STRIP_ROWS))
 
@@ -516,7 +558,7 @@ def _separable(
             return buf[:n]
         if t.vtaps is not None:
             src = source_rows(t, i0, i1)
-            _apply_groups(t.vtaps, lambda tap: src[tap : tap + n], buf[:n], True, scratch[:n])
+            _apply_groups(t.vtaps, lambda tap: src[tap : tap + n], buf[:n], True, scratch[:n], t.vtaps_scale)
             return buf[:n]
         for r0 in range(i0, i1, _BAND_ROWS):
             r1 = min(r0 + _BAND_ROWS, i1)
@@ -546,7 +588,9 @@ def _separable(
             else:
                 p3[:, outside] = p3[:, left + index[outside]]
         assert t.taps is not None
-        _apply_groups(t.taps, lambda tap: padded[:, tap * c : (tap + w) * c], dst, first, tmp[:n])
+        _apply_groups(
+            t.taps, lambda tap: padded[:, tap * c : (tap + w) * c], dst, first, tmp[:n], t.taps_scale
+        )
 
     def banded(t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray) -> None:
         n = v.shape[0]
