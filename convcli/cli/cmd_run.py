@@ -98,21 +98,34 @@ def _print_table(
     n = len(labels)
     table = Table(
         title=f"{escape(model.name)}: {n} input{'s' if n != 1 else ''} {_shape(tuple(model.input_shape))}, {escape(weights_note)}",
-        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
     )
-    for header, justify in [("Layer", "left"), ("Type", "left"), ("Output", "right"), ("ms", "right"),
-                            ("Min", "right"), ("Mean", "right"), ("Max", "right"), ("Zeros", "right")]:
-        table.add_column(header, justify=justify, no_wrap=header in ("Layer", "Type", "Output"))  # type: ignore[arg-type]
-    for s in stats:
-        zeros = s.zero_fraction
-        table.add_row(
+    total = sum(s.seconds for s in stats)
+    rows = [
+        [
             escape(s.layer.name), _short_type(s.layer), _shape(s.output_shape), _milliseconds(s.seconds),
             _number(s.minimum), _number(s.mean), _number(s.maximum),
-            "" if zeros is None else f"{zeros:.1%}",
-        )
-    total = sum(s.seconds for s in stats)
+            "" if s.zero_fraction is None else f"{s.zero_fraction:.1%}",
+        ]
+        for s in stats
+    ]
+    headers = ["Layer", "Type", "Output", "ms", "Min", "Mean", "Max", "Zeros"]
+    if not any(s.relu for s in stats):  # no ReLU output: no zeros column
+        headers.pop()
+        rows = [row[:-1] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in rows] + [len(_milliseconds(total))] * (i == 3))
+              for i, h in enumerate(headers)]
+    for index, header in enumerate(headers):
+        if index == 0:  # long Keras layer names wrap; types and numbers never do
+            table.add_column(header, overflow="fold")
+        elif index == 1:
+            table.add_column(header, no_wrap=True, min_width=widths[index])
+        else:
+            table.add_column(header, justify="right", no_wrap=True, min_width=widths[index])
+    for row in rows:
+        table.add_row(*row)
     table.add_section()
-    table.add_row("total", "", "", _milliseconds(total), "", "", "", "")
+    table.add_row("total", "", "", _milliseconds(total), *[""] * (len(headers) - 4))
     out_console.print(table)
     out_console.print(f"forward pass {total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")
 
