@@ -150,6 +150,26 @@ class Plan:
     rows: tuple[np.ndarray, ...] = ()
 
 
+def _pivot(residual: np.ndarray) -> tuple[int, int]:
+    """Largest entry, or one at least a quarter as large that divides its row exactly.
+
+    A power-of-two pivot keeps dyadic kernels dyadic: the binomial 5x5 splits into
+    [4, 16, 24, 16, 4] / 256 and [1/4, 1, 3/2, 1, 1/4] rather than into factors of 1/6.
+    """
+    magnitude = np.abs(residual)
+    largest = float(magnitude.max())
+    order = np.argsort(-magnitude, axis=None, kind="stable")
+    for flat in order:
+        i, j = np.unravel_index(flat, residual.shape)
+        if magnitude[i, j] < largest / 4:
+            break
+        row = residual[i, :] / residual[i, j]
+        if np.array_equal(row.astype(np.float32), row):
+            return int(i), int(j)
+    i, j = np.unravel_index(int(order[0]), residual.shape)
+    return int(i), int(j)
+
+
 def _cross_terms(w: np.ndarray, rank: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``rank`` steps of cross approximation with full pivoting (skeleton decomposition).
 
@@ -162,7 +182,7 @@ def _cross_terms(w: np.ndarray, rank: int) -> tuple[list[np.ndarray], list[np.nd
     cols: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     for _ in range(rank):
-        i, j = np.unravel_index(np.argmax(np.abs(residual)), residual.shape)
+        i, j = _pivot(residual)
         pivot = residual[i, j]
         if pivot == 0.0:
             break

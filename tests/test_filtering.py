@@ -348,3 +348,16 @@ def test_fused_gradient_magnitude_is_bit_identical_to_two_correlations(mode: str
     np.testing.assert_array_equal(fused, np.sqrt(gx * gx + gy * gy))
     strided = gradient_magnitude(image, SOBEL_X, SOBEL_Y, mode=mode, cval=9.0, stride=2)
     np.testing.assert_array_equal(strided, fused[::2, ::2])
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [SOBEL_X, SOBEL_Y, LAPLACIAN4, np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256],
+    ids=["sobel-x", "sobel-y", "laplacian4", "binomial5"],
+)
+def test_dyadic_kernels_on_integer_images_are_exact(weights: np.ndarray) -> None:
+    # Every product and partial sum is exact in float32 here, so splitting the kernel
+    # must not cost a single bit: the factors are taken exactly (no SVD square roots).
+    image = np.random.default_rng(11).integers(0, 256, (70, 90, 3)).astype(np.float32)
+    want = scipy_reference(image, weights, "reflect", 0.0).astype(np.float32)
+    np.testing.assert_array_equal(correlate(image, weights), want)
