@@ -38,20 +38,20 @@ CASES: dict[str, tuple[str, int]] = {
     # name: (model in the lecture's arrow notation, batch size)
     "alexnet-conv1": ("INPUT(227,227,3) => CONV(96,11,stride=4) => RELU", 16),
     "alexnet-convs": (
-        "INPUT(227,227,3) => CONV(96,11,stride=4) => RELU => POOL(3,stride=2)"
+        ("INPUT(227,227,3) => CONV(96,11,stride=4) => RELU => POOL(3,stride=2)"
         " => CONV(256,5,pad=2) => RELU => POOL(3,stride=2)"
         " => CONV(384,3,pad=1) => RELU => CONV(384,3,pad=1) => RELU => CONV(256,3,pad=1) => RELU"
-        " => POOL(3,stride=2)",
+        " => POOL(3,stride=2)"),
         8,
     ),
     "vgg16-blocks12": (
-        "INPUT(224,224,3) => [CONV(64,3,pad=same) => RELU] * 2 => POOL(2)"
-        " => [CONV(128,3,pad=same) => RELU] * 2 => POOL(2)",
+        ("INPUT(224,224,3) => [CONV(64,3,pad=same) => RELU] * 2 => POOL(2)"
+        " => [CONV(128,3,pad=same) => RELU] * 2 => POOL(2)"),
         4,
     ),
     "lenet5": (
-        "INPUT(32,32,1) => CONV(6,5) => TANH => AVGPOOL(2) => CONV(16,5) => TANH => AVGPOOL(2)"
-        " => FC(120) => TANH => FC(84) => TANH => FC(10) => SOFTMAX",
+        ("INPUT(32,32,1) => CONV(6,5) => TANH => AVGPOOL(2) => CONV(16,5) => TANH => AVGPOOL(2)"
+        " => FC(120) => TANH => FC(84) => TANH => FC(10) => SOFTMAX"),
         256,
     ),
 }
@@ -221,7 +221,7 @@ def _worker(args: argparse.Namespace, *worker_args: str, memory: bool = False) -
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     done = subprocess.run(
         [sys.executable, __file__, "--worker", *worker_args, "--repeat", str(args.repeat), "--threads", str(args.threads)],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, check=False,
     )
     if done.returncode != 0:
         return (done.stderr.strip().splitlines() or ["failed"])[-1]
@@ -230,7 +230,7 @@ def _worker(args: argparse.Namespace, *worker_args: str, memory: bool = False) -
 
 def _torch_available() -> str | None:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return None
     return torch.__version__

@@ -31,7 +31,25 @@ from convcli import layers as L
 from convcli import ops
 from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
-__all__ = ["FUSED_LEAKY_RELU_ALPHA", "init_params", "load_weights", "save_weights", "run", "fan_in"]
+__all__ = [
+    "FUSED_LEAKY_RELU_ALPHA",
+    "LayerStats",
+    "fan_in",
+    "feature_map_grid",
+    "init_params",
+    "is_relu_output",
+    "is_softmax_output",
+    "layer_stats",
+    "load_inputs",
+    "load_weights",
+    "run",
+    "run_batches",
+    "save_array",
+    "save_feature_maps",
+    "save_weights",
+    "scale_maps",
+    "top_k",
+]
 
 Params = dict[str, np.ndarray]
 LayerCallback = Callable[[L.Layer, np.ndarray, float], None]

@@ -7,8 +7,9 @@ locally connected kernel ``(out_h * out_w, F_h * F_w * C, K)``.
 Convolution is the lecture's "lay the filter on the image, multiply, sum" done for every
 output neuron at once: the windows of the zero-padded batch are copied into one matrix
 (im2col, one row per output neuron, columns in the kernel's ``(f_h, f_w, c)`` order) and
-multiplied by the ``(F_h * F_w * C, K)`` kernel matrix in one BLAS call; the bias and the
-activation are applied in place while the result is still in cache. Large batches are
+multiplied by the ``(F_h * F_w * C, K)`` kernel matrix in one BLAS call; the bias rides in
+that product (a column of ones against a bias row) and the activation is applied in place
+while the result is still in cache. Large batches are
 processed in chunks so the im2col buffer never exceeds :data:`IM2COL_BUDGET_BYTES`,
 whatever the batch size. No Python loop runs over output positions: the only loops are
 over chunks and, for pooling, over the few offsets inside one window.
@@ -414,7 +415,6 @@ def conv2d(
     pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, padding, dilation_, "conv2d")
     n = x.shape[0]
     out = np.empty((n, oh, ow, k), _F32)
-    out_rows = out.reshape(n * oh * ow, k)  # one row per output neuron (a view)
     weights = kernel.reshape(fh * fw * c, k)
 
     if fh == fw == 1 and strides_ == (1, 1) and not any(pads):
@@ -526,7 +526,7 @@ def locally_connected2d(
     fh, fw = _pair(kernel_size, (1, 1), "kernel_size")
     strides_ = _pair(strides, (1, 1), "strides")
     n, h, w, c = x.shape
-    pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, "valid", (1, 1), "locally_connected2d")
+    _, oh, ow = _conv_geometry(x, (fh, fw), strides_, "valid", (1, 1), "locally_connected2d")
     kernel = np.ascontiguousarray(kernel, dtype=_F32)
     if kernel.ndim != 3 or kernel.shape[:2] != (oh * ow, fh * fw * c):
         raise ShapeError(
@@ -635,7 +635,7 @@ def avg_pool2d(
     """
     x, size, strides_ = _pool_args(x, pool_size, strides, "avg_pool2d")
     pads, oh, ow = _pool_geometry(x, size, strides_, padding, "avg_pool2d")
-    n, h, w, c = x.shape
+    _, h, w, c = x.shape
     if c <= 32 and strides_ == size and not any(pads) and h == oh * size[0] and w == ow * size[1]:
         return _avg_pool_tiles(x, size)
     xp = _PaddedGroups(x, pads, x.shape[0]).get(0, x.shape[0])

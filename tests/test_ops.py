@@ -60,7 +60,7 @@ def conv2d_naive(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilati
 def local_naive(x, kernel, bias, kernel_size, strides):
     """Locally connected: every output position (i, j) has its own weights kernel[i*OW + j]."""
     x = np.asarray(x, np.float64)
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     fh, fw = kernel_size
     oh = (h - fh) // strides[0] + 1
     ow = (w - fw) // strides[1] + 1

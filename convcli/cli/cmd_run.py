@@ -242,7 +242,13 @@ def run_command(
     progress = None
     on_batch = None
     if len(x) > batch_size and err_console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         progress = Progress(TextColumn("forward"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             console=err_console, transient=True)
