@@ -372,14 +372,19 @@ class LayerStats:
         return self.zeros / self.count if self.relu and self.count else None
 
     def to_json(self) -> dict[str, object]:
+        """Plain data for ``--json`` (non-finite statistics become null: JSON has no NaN)."""
+
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
         return {
             "name": self.layer.name,
             "type": self.layer.type,
             "output_shape": list(self.output_shape),
             "seconds": self.seconds,
-            "min": self.minimum,
-            "mean": self.mean,
-            "max": self.maximum,
+            "min": finite(self.minimum),
+            "mean": finite(self.mean),
+            "max": finite(self.maximum),
             "zero_fraction": self.zero_fraction,
         }
 

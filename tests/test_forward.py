@@ -196,6 +196,31 @@ def test_dropout_is_identity_unless_training_with_a_seed() -> None:
     np.testing.assert_allclose(a[a != 0], 1 / 0.75, rtol=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 64])
+def test_run_batches_equals_one_pass(batch_size: int) -> None:
+    model = parse_arrow(LENET)
+    params = random_params(model, 10)
+    x = np.random.default_rng(11).random((5, 12, 12, 1), dtype=np.float32)
+    done: list[int] = []
+    stats, collect = forward.layer_stats(model)
+    out = forward.run_batches(model, x, params, batch_size=batch_size, on_layer=collect, on_batch=done.append)
+    np.testing.assert_allclose(out, forward.run(model, x, params), rtol=1e-6, atol=1e-7)
+    assert sum(done) == 5 and len(done) == -(-5 // batch_size)
+    # statistics over all batches = statistics of the whole output of each layer
+    seen: dict[str, np.ndarray] = {}
+    forward.run(model, x, params, on_layer=lambda layer, y, s: seen.__setitem__(layer.name, y.copy()))
+    for s in stats:
+        whole = seen[s.layer.name]
+        assert s.minimum == pytest.approx(float(whole.min()), abs=1e-6)
+        assert s.maximum == pytest.approx(float(whole.max()), abs=1e-6)
+        assert s.mean == pytest.approx(float(whole.astype(np.float64).mean()), rel=1e-5, abs=1e-7)
+        if s.layer.name == "relu1":
+            assert s.zero_fraction == pytest.approx(float((whole == 0).mean()))
+        else:
+            assert s.zero_fraction is None
+    assert stats[0].to_json()["name"] == "conv1"
+
+
 def test_run_errors() -> None:
     model = parse_arrow("INPUT(8,8,1) => CONV(2,3) => FC(2)")
     params = forward.init_params(model)
