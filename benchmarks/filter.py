@@ -60,7 +60,10 @@ def kernels() -> dict[str, tuple[str, np.ndarray | tuple[np.ndarray, np.ndarray]
         "sobel": ("sobel", (SOBEL_X, SOBEL_X.T.copy())),
         "gaussian5": ("gaussian5", np.outer(binomial(5), binomial(5))),
         "box15": ("box15.npy", np.full((15, 15), 1 / 225)),
-        "gaussian31": ("gaussian31.npy", np.outer(gaussian(31, 5.0), gaussian(31, 5.0))),
+        "gaussian31": (
+            "gaussian31.npy",
+            np.outer(gaussian(31, 5.0), gaussian(31, 5.0)),
+        ),
     }
 
 
@@ -96,54 +99,72 @@ def make_photo(folder: Path) -> Path:
 # ----------------------------------------------------------------------------- compute
 
 
+Weights = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def engine(photo: np.ndarray, weights: Weights) -> np.ndarray:
+    """convcli's filtering engine."""
+    from convcli import filtering
+
+    if isinstance(weights, tuple):
+        return filtering.gradient_magnitude(photo, *weights, mode="reflect")
+    return filtering.correlate(photo, weights, mode="reflect")
+
+
+def scipy_ndimage(photo: np.ndarray, weights: Weights) -> np.ndarray:
+    """Plain scipy.ndimage.correlate, one channel at a time, into float32."""
+    from scipy import ndimage
+
+    def per_channel(w: np.ndarray) -> np.ndarray:
+        out = np.empty_like(photo)
+        for c in range(photo.shape[2]):
+            ndimage.correlate(photo[..., c], w, output=out[..., c], mode="reflect")
+        return out
+
+    if isinstance(weights, tuple):
+        gx, gy = per_channel(weights[0]), per_channel(weights[1])
+        return np.sqrt(gx * gx + gy * gy)
+    return per_channel(weights)
+
+
+def opencv(photo: np.ndarray, weights: Weights) -> np.ndarray:
+    """cv2.filter2D on the float32 RGB array, BORDER_REFLECT (= ndimage's reflect)."""
+    import cv2  # type: ignore[import-not-found]
+
+    def filter2d(w: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(
+            photo, -1, w.astype(np.float32), borderType=cv2.BORDER_REFLECT
+        )
+
+    if isinstance(weights, tuple):
+        return cv2.magnitude(filter2d(weights[0]), filter2d(weights[1]))
+    return filter2d(weights)
+
+
 def compute_table(
     photo: np.ndarray, names: list[str], repeat: int
 ) -> list[tuple[str, float, float, float | None]]:
-    from scipy import ndimage
-
-    from convcli import filtering
-
     try:
-        import cv2  # type: ignore[import-not-found]
+        import cv2  # type: ignore[import-not-found]  # noqa: F401
+
+        has_cv = True
     except ImportError:
-        cv2 = None
-        print("note: OpenCV (cv2) is not installed: its column is skipped", file=sys.stderr)
+        has_cv = False
+        print(
+            "note: OpenCV (cv2) is not installed: its column is skipped",
+            file=sys.stderr,
+        )
 
     rows = []
     for name in names:
-        _, weights = kernels()[name]
-
-        def engine() -> np.ndarray:
-            if isinstance(weights, tuple):
-                return filtering.gradient_magnitude(photo, *weights, mode="reflect")
-            return filtering.correlate(photo, weights, mode="reflect")
-
-        def per_channel(w: np.ndarray) -> np.ndarray:
-            out = np.empty_like(photo)
-            for c in range(photo.shape[2]):
-                ndimage.correlate(photo[..., c], w, output=out[..., c], mode="reflect")
-            return out
-
-        def scipy_ndimage() -> np.ndarray:
-            if isinstance(weights, tuple):
-                gx, gy = per_channel(weights[0]), per_channel(weights[1])
-                return np.sqrt(gx * gx + gy * gy)
-            return per_channel(weights)
-
-        def opencv() -> np.ndarray:
-            if isinstance(weights, tuple):
-                gx = cv2.filter2D(photo, -1, weights[0].astype(np.float32), borderType=cv2.BORDER_REFLECT)
-                gy = cv2.filter2D(photo, -1, weights[1].astype(np.float32), borderType=cv2.BORDER_REFLECT)
-                return cv2.magnitude(gx, gy)
-            return cv2.filter2D(photo, -1, weights.astype(np.float32), borderType=cv2.BORDER_REFLECT)
-
+        weights = kernels()[name][1]
         # Same answer first (the engine is exact; OpenCV agrees to float32 rounding).
-        ours, theirs = engine(), scipy_ndimage()
+        ours, theirs = engine(photo, weights), scipy_ndimage(photo, weights)
         scale = float(np.abs(theirs).max()) or 1.0
         assert np.abs(ours - theirs).max() <= 1e-4 * scale, name
-        t_engine = best_time(engine, repeat)
-        t_scipy = best_time(scipy_ndimage, repeat)
-        t_cv = best_time(opencv, repeat) if cv2 is not None else None
+        t_engine = best_time(lambda w=weights: engine(photo, w), repeat)
+        t_scipy = best_time(lambda w=weights: scipy_ndimage(photo, w), repeat)
+        t_cv = best_time(lambda w=weights: opencv(photo, w), repeat) if has_cv else None
         rows.append((name, t_engine, t_scipy, t_cv))
         print(f"  computed {name}", file=sys.stderr)
     return rows
@@ -158,7 +179,9 @@ def imagemagick() -> list[str] | None:
         exe = shutil.which(candidate[0])
         if exe is None:
             continue
-        probe = subprocess.run([exe, "-version"], capture_output=True, text=True, check=False)
+        probe = subprocess.run(
+            [exe, "-version"], capture_output=True, text=True, check=False
+        )
         if probe.returncode == 0 and "Version: ImageMagick" in probe.stdout:
             return [exe]
     return None
@@ -170,7 +193,9 @@ def im_kernel(w: np.ndarray) -> str:
     return f"{cols}x{rows}: {values}"
 
 
-def imagemagick_command(exe: list[str], src: Path, dst: Path, weights: object) -> list[str]:
+def imagemagick_command(
+    exe: list[str], src: Path, dst: Path, weights: object
+) -> list[str]:
     if isinstance(weights, tuple):
         # sqrt(gx² + gy²): -evaluate works on values scaled to [0, 1], so pow 2, plus,
         # pow 0.5 gives the magnitude in the image's own range.
@@ -204,15 +229,26 @@ def process_table(
     folder: Path, src: Path, names: list[str], repeat: int
 ) -> tuple[list[tuple[str, float | None, float | None, float | None]], list[str]]:
     notes: list[str] = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    has_filter = (ROOT / "convcli" / "cli" / "cmd_filter.py").exists() and subprocess.run(
-        [sys.executable, "-m", "convcli", "filter", "--help"], capture_output=True, env=env, check=False
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    has_filter = (
+        ROOT / "convcli" / "cli" / "cmd_filter.py"
+    ).exists() and subprocess.run(
+        [sys.executable, "-m", "convcli", "filter", "--help"],
+        capture_output=True,
+        env=env,
+        check=False,
     ).returncode == 0
     if not has_filter:
-        notes.append("`convcli filter` is not available in this checkout: its column is skipped")
+        notes.append(
+            "`convcli filter` is not available in this checkout: its column is skipped"
+        )
     im = imagemagick()
     if im is None:
-        notes.append("ImageMagick is not installed (apt-get install imagemagick): its column is skipped")
+        notes.append(
+            "ImageMagick is not installed (apt-get install imagemagick): its column is skipped"
+        )
     try:
         import cv2  # type: ignore[import-not-found]  # noqa: F401
 
@@ -225,7 +261,13 @@ def process_table(
 
     def run(cmd: list[str]) -> Callable[[], None]:
         def go() -> None:
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            subprocess.run(
+                cmd,
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
 
         return go
 
@@ -245,10 +287,22 @@ def process_table(
         out = folder / "out.png"
         t_convcli = t_im = t_cv = None
         if has_filter:
-            cmd = [sys.executable, "-m", "convcli", "filter", str(src), "--kernel", spec, "-o", str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "convcli",
+                "filter",
+                str(src),
+                "--kernel",
+                spec,
+                "-o",
+                str(out),
+            ]
             t_convcli = best_time(run(cmd), repeat, slow=20.0)
         if im is not None:
-            t_im = best_time(run(imagemagick_command(im, src, out, weights)), repeat, slow=20.0)
+            t_im = best_time(
+                run(imagemagick_command(im, src, out, weights)), repeat, slow=20.0
+            )
         if has_cv:
             cmd = [sys.executable, str(script), str(src), str(out), *map(str, kfiles)]
             t_cv = best_time(run(cmd), repeat, slow=20.0)
@@ -270,9 +324,15 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is kept)")
-    parser.add_argument("--kernels", default=",".join(kernels()), help="comma-separated subset")
-    parser.add_argument("--no-process", action="store_true", help="skip the whole-process part")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement (best is kept)"
+    )
+    parser.add_argument(
+        "--kernels", default=",".join(kernels()), help="comma-separated subset"
+    )
+    parser.add_argument(
+        "--no-process", action="store_true", help="skip the whole-process part"
+    )
     args = parser.parse_args()
     names = [n for n in args.kernels.split(",") if n]
     unknown = sorted(set(names) - set(kernels()))
@@ -285,10 +345,16 @@ def main() -> None:
         from PIL import Image
 
         photo = np.asarray(Image.open(src).convert("RGB"), dtype=np.float32)
-        print(f"Photo: {WIDTH}x{HEIGHT} RGB (float32 for compute), {os.cpu_count()} CPUs\n")
+        print(
+            f"Photo: {WIDTH}x{HEIGHT} RGB (float32 for compute), {os.cpu_count()} CPUs\n"
+        )
 
-        print("Compute only (array in memory; ratio = other / convcli, > 1 means convcli is faster)\n")
-        print("| kernel | convcli engine | scipy.ndimage per channel | ratio | OpenCV filter2D | ratio |")
+        print(
+            "Compute only (array in memory; ratio = other / convcli, > 1 means convcli is faster)\n"
+        )
+        print(
+            "| kernel | convcli engine | scipy.ndimage per channel | ratio | OpenCV filter2D | ratio |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for name, t_engine, t_scipy, t_cv in compute_table(photo, names, args.repeat):
             print(
@@ -298,8 +364,12 @@ def main() -> None:
         if args.no_process:
             return
         rows, notes = process_table(folder, src, names, args.repeat)
-        print(f"\nWhole process, read PNG + filter + write PNG (best of {args.repeat})\n")
-        print("| kernel | convcli filter | ImageMagick convert | ratio | OpenCV script | ratio |")
+        print(
+            f"\nWhole process, read PNG + filter + write PNG (best of {args.repeat})\n"
+        )
+        print(
+            "| kernel | convcli filter | ImageMagick convert | ratio | OpenCV script | ratio |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for name, t_convcli, t_im, t_cv in rows:
             print(

@@ -102,7 +102,9 @@ def _check_weights(weights: np.ndarray | Sequence[Sequence[float]]) -> np.ndarra
             f"Kernel weights must be a non-empty 2-D array. Received shape {w.shape}"
         )
     if not np.all(np.isfinite(w)):
-        raise KernelError("Kernel weights must be finite numbers. Received NaN or infinity")
+        raise KernelError(
+            "Kernel weights must be finite numbers. Received NaN or infinity"
+        )
     return w
 
 
@@ -119,14 +121,22 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _check_geometry(padding: int | str, stride: int) -> None:
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+    if (
+        isinstance(stride, bool)
+        or not isinstance(stride, (int, np.integer))
+        or stride < 1
+    ):
         raise InputError(
             f"Unknown value for `stride`. Allowed values are: an integer >= 1. "
             f"Received: stride={stride!r}"
         )
     if padding in ("same", "valid"):
         return
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+    if (
+        isinstance(padding, bool)
+        or not isinstance(padding, (int, np.integer))
+        or padding < 0
+    ):
         raise InputError(
             "Unknown value for `padding`. Allowed values are: same, valid, or an integer "
             f">= 0. Received: padding={padding!r}"
@@ -196,9 +206,9 @@ def _term_ops(u: np.ndarray, v: np.ndarray) -> int:
     """Whole-strip operations a term takes (banded products counted as their cost)."""
     vertical = _shift_add_ops(_tap_groups(u))
     horizontal = _shift_add_ops(_tap_groups(v))
-    return (vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else _SHIFT_ADD_OPS_VERTICAL + 1) + (
-        horizontal if horizontal <= _SHIFT_ADD_OPS else _SHIFT_ADD_OPS + 2
-    )
+    return (
+        vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else _SHIFT_ADD_OPS_VERTICAL + 1
+    ) + (horizontal if horizontal <= _SHIFT_ADD_OPS else _SHIFT_ADD_OPS + 2)
 
 
 def _balance(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,9 +220,13 @@ def _balance(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     best, best_ops = (u, v), _term_ops(u, v)
     target = np.outer(u, v)
-    for g in {float(a) * sign for a in np.abs(u[u != 0]) for sign in (1.0, -1.0)} | {-1.0}:
+    for g in {float(a) * sign for a in np.abs(u[u != 0]) for sign in (1.0, -1.0)} | {
+        -1.0
+    }:
         u2, v2 = u / g, v * g
-        exact = np.array_equal(u2.astype(np.float32), u2) and np.array_equal(v2.astype(np.float32), v2)
+        exact = np.array_equal(u2.astype(np.float32), u2) and np.array_equal(
+            v2.astype(np.float32), v2
+        )
         if exact and np.array_equal(np.outer(u2, v2), target):
             ops = _term_ops(u2, v2)
             if ops < best_ops:
@@ -235,7 +249,10 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
         return [np.zeros(kh)], [np.zeros(kw)]
     u, s, vt = np.linalg.svd(w)
     for r in range(1, min(kh, kw)):
-        svd = ([u[:, i] * np.sqrt(s[i]) for i in range(r)], [vt[i] * np.sqrt(s[i]) for i in range(r)])
+        svd = (
+            [u[:, i] * np.sqrt(s[i]) for i in range(r)],
+            [vt[i] * np.sqrt(s[i]) for i in range(r)],
+        )
         for cols, rows in (_cross_terms(w, r), svd):
             if len(cols) != r:
                 continue
@@ -244,7 +261,9 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
             approx = sum(np.outer(c, v) for c, v in zip(cols32, rows32, strict=True))
             error = float(np.abs(w - approx).sum())
             # Each term is rounded in its own passes: its size sum|u| * sum|v| bounds that.
-            spread = sum(float(np.abs(c).sum() * np.abs(v).sum()) for c, v in zip(cols, rows))
+            spread = sum(
+                float(np.abs(c).sum() * np.abs(v).sum()) for c, v in zip(cols, rows)
+            )
             if error <= 4 * _EPS32 * scale and spread <= 4 * scale:
                 balanced = [_balance(c, v) for c, v in zip(cols32, rows32, strict=True)]
                 return [c for c, _ in balanced], [v for _, v in balanced]
@@ -254,7 +273,10 @@ def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]
 
 
 def _cost(
-    method: str, shape: tuple[int, ...], w: np.ndarray, terms: tuple[list[np.ndarray], list[np.ndarray]]
+    method: str,
+    shape: tuple[int, ...],
+    w: np.ndarray,
+    terms: tuple[list[np.ndarray], list[np.ndarray]],
 ) -> float:
     """Rough seconds for one method on a float32 image of ``shape`` (one core).
 
@@ -276,7 +298,9 @@ def _cost(
                 else:
                     per_element += 0.5e-9 + 0.045e-9 * kh
             ops = _shift_add_ops(_tap_groups(v.astype(np.float32)))
-            per_element += (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 3.0e-9 + 0.1e-9 * kw
+            per_element += (
+                (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 3.0e-9 + 0.1e-9 * kw
+            )
         return n * per_element + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
     if method == "fft":
         return n * 2.3e-8 * max(1.0, float(np.log2(kh * kw)) / 10) + 1e-3
@@ -299,7 +323,9 @@ def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -
     if method in ("auto", "separable"):
         cols, rows = _separable_terms(w)
     if method == "auto":
-        candidates = {m: _cost(m, tuple(shape), w, (cols, rows)) for m in ("fft", "direct")}
+        candidates = {
+            m: _cost(m, tuple(shape), w, (cols, rows)) for m in ("fft", "direct")
+        }
         if len(cols) <= _MAX_TERMS:
             candidates["separable"] = _cost("separable", tuple(shape), w, (cols, rows))
         method = min(candidates, key=candidates.__getitem__)  # type: ignore[assignment]
@@ -312,7 +338,15 @@ def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -
 
 
 def _workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
+    return max(
+        1,
+        min(
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+            8,
+        ),
+    )
 
 
 def _run_parallel(tasks: Sequence[Callable[[], None]], workers: int) -> None:
@@ -382,13 +416,19 @@ class _Term:
 
     column: np.ndarray  # u, vertical, float32
     row: np.ndarray  # v, horizontal, float32
-    column_shift: int | None  # u is a unit vector at this tap: the vertical pass is a copy
-    taps: list[tuple[tuple[int, ...], float]] | None  # v as shifted adds: (taps, weight)
+    column_shift: (
+        int | None
+    )  # u is a unit vector at this tap: the vertical pass is a copy
+    taps: (
+        list[tuple[tuple[int, ...], float]] | None
+    )  # v as shifted adds: (taps, weight)
     vtaps: list[tuple[tuple[int, ...], float]] | None  # u as shifted adds, when cheaper
     taps_scale: float  # common factor of v's taps, applied once at the end (1: none)
     vtaps_scale: float  # same for u
     bands: dict[int, np.ndarray]  # rows -> band matrix of u
-    blocks: dict[int, np.ndarray]  # columns -> Kronecker band matrix of v (all channels)
+    blocks: dict[
+        int, np.ndarray
+    ]  # columns -> Kronecker band matrix of v (all channels)
     edge_cval: float  # constant mode: the vertically filtered image outside the border
 
 
@@ -445,7 +485,8 @@ def _factor_out(
     for scale in {abs(weight) for _, weight in groups} - {1.0, 0.0}:
         scaled = [(taps, weight / scale) for taps, weight in groups]
         exact = all(
-            np.float32(np.float32(weight / scale) * np.float32(scale)) == np.float32(weight)
+            np.float32(np.float32(weight / scale) * np.float32(scale))
+            == np.float32(weight)
             and np.float32(weight / scale) == weight / scale
             for _, weight in groups
         )
@@ -496,7 +537,13 @@ def _apply_groups(
 
 
 def _prepare_term(
-    column: np.ndarray, row: np.ndarray, h: int, w: int, c: int, cval: float, first: bool
+    column: np.ndarray,
+    row: np.ndarray,
+    h: int,
+    w: int,
+    c: int,
+    cval: float,
+    first: bool,
 ) -> _Term:
     """Band matrices and tap groups of one term (``first``: it writes the output, not adds)."""
     u = column.astype(np.float32)
@@ -519,9 +566,9 @@ def _prepare_term(
         taps_scale=taps_scale,
         vtaps_scale=vtaps_scale,
         bands={n: _band(u, n) for n in {_BAND_ROWS, last_rows}},
-        blocks={} if taps is not None else {
-            n: np.kron(_band(v, n).T, eye) for n in {_BLOCK_COLS, last_cols}
-        },
+        blocks={}
+        if taps is not None
+        else {n: np.kron(_band(v, n).T, eye) for n in {_BLOCK_COLS, last_cols}},
         edge_cval=cval * float(u.astype(np.float64).sum()),
     )
 
@@ -562,10 +609,19 @@ def _separable(
         """Input rows that vertical outputs r0..r1 read (extended beyond the border)."""
         k = t.column.shape[0]
         lo, hi = r0 - k // 2, r1 - k // 2 + k - 1
-        return x2[lo:hi] if lo >= 0 and hi <= h else _take_extended(x2, lo, hi, 0, mode, cval)
+        return (
+            x2[lo:hi]
+            if lo >= 0 and hi <= h
+            else _take_extended(x2, lo, hi, 0, mode, cval)
+        )
 
     def vertical(
-        t: _Term, i0: int, i1: int, buf: np.ndarray, scratch: np.ndarray, view: bool = False
+        t: _Term,
+        i0: int,
+        i1: int,
+        buf: np.ndarray,
+        scratch: np.ndarray,
+        view: bool = False,
     ) -> np.ndarray:
         """Rows i0..i1 of the vertical pass, into ``buf`` (or, if ``view``, a view of x
         when the pass is a pure shift)."""
@@ -578,7 +634,14 @@ def _separable(
             return buf[:n]
         if t.vtaps is not None:
             src = source_rows(t, i0, i1)
-            _apply_groups(t.vtaps, lambda tap: src[tap : tap + n], buf[:n], True, scratch[:n], t.vtaps_scale)
+            _apply_groups(
+                t.vtaps,
+                lambda tap: src[tap : tap + n],
+                buf[:n],
+                True,
+                scratch[:n],
+                t.vtaps_scale,
+            )
             return buf[:n]
         for r0 in range(i0, i1, _BAND_ROWS):
             r1 = min(r0 + _BAND_ROWS, i1)
@@ -586,11 +649,21 @@ def _separable(
             band = t.bands[r1 - r0]
             step = _blas_chunk(band.shape[0] * band.shape[1], w * c)
             for j0 in range(0, w * c, step):
-                np.matmul(band, src[:, j0 : j0 + step], out=buf[r0 - i0 : r1 - i0, j0 : j0 + step])
+                np.matmul(
+                    band,
+                    src[:, j0 : j0 + step],
+                    out=buf[r0 - i0 : r1 - i0, j0 : j0 + step],
+                )
         return buf[:n]
 
     def shifted_adds(
-        t: _Term, i0: int, i1: int, vpad: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray
+        t: _Term,
+        i0: int,
+        i1: int,
+        vpad: np.ndarray,
+        dst: np.ndarray,
+        first: bool,
+        tmp: np.ndarray,
     ) -> None:
         """Vertical pass written straight into a column-padded buffer, then shifted adds."""
         n = i1 - i0
@@ -609,10 +682,17 @@ def _separable(
                 p3[:, outside] = p3[:, left + index[outside]]
         assert t.taps is not None
         _apply_groups(
-            t.taps, lambda tap: padded[:, tap * c : (tap + w) * c], dst, first, tmp[:n], t.taps_scale
+            t.taps,
+            lambda tap: padded[:, tap * c : (tap + w) * c],
+            dst,
+            first,
+            tmp[:n],
+            t.taps_scale,
         )
 
-    def banded(t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray) -> None:
+    def banded(
+        t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray
+    ) -> None:
         n = v.shape[0]
         k = t.row.shape[0]
         left = k // 2
@@ -625,7 +705,9 @@ def _separable(
             if lo >= 0 and hi <= w:
                 seg = v[:, lo * c : hi * c]
             else:
-                seg = _take_extended(v.reshape(n, w, c), lo, hi, 1, mode, edge).reshape(n, -1)
+                seg = _take_extended(v.reshape(n, w, c), lo, hi, 1, mode, edge).reshape(
+                    n, -1
+                )
             block = t.blocks[j1 - j0]
             for r0 in range(0, n, step):
                 r1 = min(r0 + step, n)
@@ -651,8 +733,16 @@ def _separable(
                     if t.taps is not None:
                         shifted_adds(t, i0, i1, vpad, dst, s == 0, tmp)
                     else:
-                        banded(t, vertical(t, i0, i1, buf, tmp, view=True), dst, s == 0, tmp)
-            if second is not None:  # gradient magnitude, as gradient_magnitude computes it
+                        banded(
+                            t,
+                            vertical(t, i0, i1, buf, tmp, view=True),
+                            dst,
+                            s == 0,
+                            tmp,
+                        )
+            if (
+                second is not None
+            ):  # gradient magnitude, as gradient_magnitude computes it
                 g1, g2 = o2[i0:i1], second[: i1 - i0]
                 np.multiply(g1, g1, out=g1)
                 np.multiply(g2, g2, out=g2)
@@ -681,12 +771,18 @@ def _fft(x: np.ndarray, w: np.ndarray, mode: str, cval: float) -> np.ndarray:
     return np.asarray(result, dtype=np.float32)
 
 
-def _direct(x: np.ndarray, w: np.ndarray, mode: str, cval: float, workers: int) -> np.ndarray:
+def _direct(
+    x: np.ndarray, w: np.ndarray, mode: str, cval: float, workers: int
+) -> np.ndarray:
     from scipy import ndimage
 
     out = np.empty_like(x)
     tasks = [
-        (lambda ch=ch: ndimage.correlate(x[..., ch], w, output=out[..., ch], mode=mode, cval=cval))
+        (
+            lambda ch=ch: ndimage.correlate(
+                x[..., ch], w, output=out[..., ch], mode=mode, cval=cval
+            )
+        )
         for ch in range(x.shape[2])
     ]
     _run_parallel(tasks, workers)
@@ -812,7 +908,14 @@ def gradient_magnitude(
     kernels (Sobel, Prewitt, Scharr) both gradients and the magnitude are made strip by
     strip, without full-size intermediate arrays.
     """
-    options = dict(mode=mode, cval=cval, padding=padding, stride=stride, method=method, workers=workers)
+    options = {
+        "mode": mode,
+        "cval": cval,
+        "padding": padding,
+        "stride": stride,
+        "method": method,
+        "workers": workers,
+    }
     x = _check_image(image)
     _check_mode(mode)
     _check_geometry(padding, stride)
@@ -822,7 +925,9 @@ def gradient_magnitude(
         px, py = plan(wx, x3.shape, method), plan(wy, x3.shape, method)
         if px.method == "separable" and py.method == "separable":
             n_workers = _workers() if workers is None else max(1, int(workers))
-            result = _separable(x3, [px, py], mode, float(cval), n_workers)[::stride, ::stride]
+            result = _separable(x3, [px, py], mode, float(cval), n_workers)[
+                ::stride, ::stride
+            ]
             return np.ascontiguousarray(result[..., 0] if x.ndim == 2 else result)
     gx = correlate(x, wx, **options)  # type: ignore[arg-type]
     gy = correlate(x, wy, **options)  # type: ignore[arg-type]
@@ -853,9 +958,14 @@ def filter_chain(
     if len(steps) == 0:
         raise KernelError("The filter chain is empty: give at least one kernel")
     x = _check_image(image)
-    options = dict(
-        mode=mode, cval=cval, padding=padding, stride=stride, method=method, workers=workers
-    )
+    options = {
+        "mode": mode,
+        "cval": cval,
+        "padding": padding,
+        "stride": stride,
+        "method": method,
+        "workers": workers,
+    }
     result = np.asarray(x, dtype=np.float32)
     for step in steps:
         if isinstance(step, tuple):

@@ -22,13 +22,18 @@ SOBEL_Y = SOBEL_X.T.copy()
 LAPLACIAN4 = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=float)
 
 
-def scipy_reference(x: np.ndarray, weights: np.ndarray, mode: str, cval: float) -> np.ndarray:
+def scipy_reference(
+    x: np.ndarray, weights: np.ndarray, mode: str, cval: float
+) -> np.ndarray:
     """Per-channel scipy.ndimage.correlate in float64 (the contract's definition)."""
     x64 = np.asarray(x, dtype=np.float64)
     if x64.ndim == 2:
         return ndimage.correlate(x64, weights, mode=mode, cval=cval)
     return np.stack(
-        [ndimage.correlate(x64[..., c], weights, mode=mode, cval=cval) for c in range(x64.shape[2])],
+        [
+            ndimage.correlate(x64[..., c], weights, mode=mode, cval=cval)
+            for c in range(x64.shape[2])
+        ],
         axis=-1,
     )
 
@@ -66,7 +71,12 @@ def extend_index(i: int, n: int, mode: str) -> int | None:
 
 
 def naive_correlate(
-    x: np.ndarray, weights: np.ndarray, mode: str, cval: float, padding: int, stride: int
+    x: np.ndarray,
+    weights: np.ndarray,
+    mode: str,
+    cval: float,
+    padding: int,
+    stride: int,
 ) -> np.ndarray:
     """The lecture's sliding window, one output position at a time (2-D image)."""
     h, w = x.shape
@@ -100,15 +110,21 @@ def test_lecture_box3_region_gives_132() -> None:
 def test_zero_padding_sobel_by_hand(method: str) -> None:
     # Each value worked out on paper from the 3x3 region padded by one ring of zeros,
     # e.g. top-left: 2*139 + 1*252 = 530; centre: (101-93) + 2*(196-26) + (18-135) = 231.
-    want = np.array([[530, 186, -530], [873, 231, -873], [712, -64, -712]], dtype=np.float32)
+    want = np.array(
+        [[530, 186, -530], [873, 231, -873], [712, -64, -712]], dtype=np.float32
+    )
     # Integer kernels split into integer factors, so every path is exact here.
-    got = correlate(REGION, SOBEL_X, mode="constant", cval=0.0, padding=1, method=method)  # type: ignore[arg-type]
+    got = correlate(
+        REGION, SOBEL_X, mode="constant", cval=0.0, padding=1, method=method
+    )  # type: ignore[arg-type]
     np.testing.assert_array_equal(got, want)
     # The same with padding "same" and constant mode (scipy's definition).
     same = correlate(REGION, SOBEL_X, mode="constant", method=method)  # type: ignore[arg-type]
     np.testing.assert_array_equal(same, want)
     # Stride 2: (3 - 3 + 2*1)/2 + 1 = 2 positions per axis: rows/columns 0 and 2.
-    strided = correlate(REGION, SOBEL_X, mode="constant", padding=1, stride=2, method=method)  # type: ignore[arg-type]
+    strided = correlate(
+        REGION, SOBEL_X, mode="constant", padding=1, stride=2, method=method
+    )  # type: ignore[arg-type]
     np.testing.assert_array_equal(strided, want[::2, ::2])
 
 
@@ -150,7 +166,9 @@ def cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, str, float]:
     elif kind == "rank1":
         weights = np.outer(rng.standard_normal(kh), rng.standard_normal(kw))
     elif kind == "rank2":
-        weights = sum(np.outer(rng.standard_normal(kh), rng.standard_normal(kw)) for _ in range(2))
+        weights = sum(
+            np.outer(rng.standard_normal(kh), rng.standard_normal(kw)) for _ in range(2)
+        )
     elif kind == "integer":
         weights = rng.integers(-4, 5, (kh, kw)).astype(float)
     else:
@@ -193,10 +211,18 @@ def test_padding_and_stride_equal_loop_oracle(
     kh, kw = weights.shape
     if h + 2 * pad < kh or w + 2 * pad < kw:
         with pytest.raises(ShapeError, match="larger than the image"):
-            correlate(image, weights, mode=mode, cval=cval, padding=padding, stride=stride)  # type: ignore[arg-type]
+            correlate(
+                image, weights, mode=mode, cval=cval, padding=padding, stride=stride
+            )  # type: ignore[arg-type]
         return
     got = correlate(
-        image, weights, mode=mode, cval=cval, padding=padding, stride=stride, method=method  # type: ignore[arg-type]
+        image,
+        weights,
+        mode=mode,
+        cval=cval,
+        padding=padding,
+        stride=stride,
+        method=method,  # type: ignore[arg-type]
     )
     want = naive_correlate(image, weights, mode, cval, pad, stride)
     assert_float32_close(got, want, weights, max(255.0, abs(cval)))
@@ -211,7 +237,9 @@ def test_far_extension_matches_scipy(method: str, mode: str) -> None:
         image = (rng.random(shape) * 100).astype(np.float32)
         weights = rng.standard_normal((11, 8))
         got = correlate(image, weights, mode=mode, cval=3.0, method=method)  # type: ignore[arg-type]
-        assert_float32_close(got, scipy_reference(image, weights, mode, 3.0), weights, 100.0)
+        assert_float32_close(
+            got, scipy_reference(image, weights, mode, 3.0), weights, 100.0
+        )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -224,7 +252,9 @@ def test_one_by_one_kernel_scales(method: str) -> None:
 def test_integer_image_is_accepted() -> None:
     image = np.random.default_rng(4).integers(0, 256, (9, 11, 3), dtype=np.uint8)
     got = correlate(image, LAPLACIAN4)
-    assert_float32_close(got, scipy_reference(image, LAPLACIAN4, "reflect", 0.0), LAPLACIAN4, 255)
+    assert_float32_close(
+        got, scipy_reference(image, LAPLACIAN4, "reflect", 0.0), LAPLACIAN4, 255
+    )
 
 
 def test_large_image_all_paths_agree_and_threads_are_bit_identical() -> None:
@@ -259,7 +289,9 @@ def test_plan_uses_fewest_exact_separable_terms() -> None:
     rebuilt = sum(np.outer(u, v) for u, v in zip(p.columns, p.rows, strict=True))
     np.testing.assert_array_equal(rebuilt, weights)
     # Large kernels of full rank go to the FFT.
-    assert plan(np.random.default_rng(6).standard_normal((31, 31)), shape).method == "fft"
+    assert (
+        plan(np.random.default_rng(6).standard_normal((31, 31)), shape).method == "fft"
+    )
 
 
 # ----------------------------------------------------------------- gradient and chains
@@ -281,11 +313,15 @@ def test_filter_chain_applies_steps_in_turn() -> None:
     got = filter_chain(image, [BOX3, (SOBEL_X, SOBEL_Y)], mode="wrap")
     blurred = scipy_reference(image, BOX3, "wrap", 0.0)
     want = np.hypot(
-        scipy_reference(blurred, SOBEL_X, "wrap", 0.0), scipy_reference(blurred, SOBEL_Y, "wrap", 0.0)
+        scipy_reference(blurred, SOBEL_X, "wrap", 0.0),
+        scipy_reference(blurred, SOBEL_Y, "wrap", 0.0),
     )
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
     # Like stacked valid conv layers: 20 -> 18 -> 16 rows.
-    assert filter_chain(image, [BOX3, BOX3], mode="reflect", padding="valid").shape == (16, 14)
+    assert filter_chain(image, [BOX3, BOX3], mode="reflect", padding="valid").shape == (
+        16,
+        14,
+    )
 
 
 # ----------------------------------------------------------------- bad input
@@ -333,14 +369,18 @@ def test_bad_options(options: dict[str, object], message: str) -> None:
 def test_bad_images_and_sizes() -> None:
     with pytest.raises(InputError, match=r"Received shape \(2, 2, 2, 2\)"):
         correlate(np.zeros((2, 2, 2, 2)), BOX3)
-    with pytest.raises(ShapeError, match=r"kernel \(3x3\) is larger than the image \(2x5\)"):
+    with pytest.raises(
+        ShapeError, match=r"kernel \(3x3\) is larger than the image \(2x5\)"
+    ):
         correlate(np.zeros((2, 5)), BOX3, padding="valid")
     with pytest.raises(KernelError, match="empty"):
         filter_chain(REGION, [])
 
 
 @pytest.mark.parametrize("mode", ["reflect", "constant"])
-def test_fused_gradient_magnitude_is_bit_identical_to_two_correlations(mode: str) -> None:
+def test_fused_gradient_magnitude_is_bit_identical_to_two_correlations(
+    mode: str,
+) -> None:
     image = (np.random.default_rng(10).random((150, 97, 3)) * 255).astype(np.float32)
     fused = gradient_magnitude(image, SOBEL_X, SOBEL_Y, mode=mode, cval=9.0)
     gx = correlate(image, SOBEL_X, mode=mode, cval=9.0)
