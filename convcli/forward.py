@@ -63,7 +63,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ")"
 
 
-def fan_in(layer: L.Layer, key: str, shape: tuple[int, ...]) -> int:
+def fan_in(layer: L.Layer, shape: tuple[int, ...]) -> int:
     """Inputs feeding one output neuron: F_h*F_w*D for conv and local kernels, ``in`` for dense."""
     if isinstance(layer, L.LocallyConnected2D):
         return shape[1]
@@ -87,7 +87,7 @@ def init_params(model: L.Model, seed: int = 0) -> Params:
             key = f"{layer.name}.{param}"
             if param == "kernel":
                 rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-                std = math.sqrt(2.0 / fan_in(layer, key, shape))
+                std = math.sqrt(2.0 / fan_in(layer, shape))
                 array = rng.standard_normal(shape, dtype=np.float32)
                 array *= np.float32(std)
             elif param in ("gamma", "moving_variance"):
@@ -111,13 +111,13 @@ def load_weights(model: L.Model, path: str | Path) -> Params:
         raise WeightsError(f"weights file {path} does not exist")
     try:
         archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise WeightsError(f"weights file {path} is a single array, not a .npz archive of named arrays")
+        with archive:
+            found = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise WeightsError(f"weights file {path} is not a readable .npz archive ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise WeightsError(f"weights file {path} is a single array, not a .npz archive of named arrays")
     expected = model.param_shapes()
-    with archive:
-        found = {key: archive[key] for key in archive.files}
     problems: list[str] = []
     for key, shape in expected.items():
         if key not in found:
