@@ -579,7 +579,7 @@ def _separable(
     mode: str,
     cval: float,
     workers: int,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Sum over terms of (vertical pass with u, then horizontal pass with v), by strips.
 
     Each strip of output rows is finished (vertical products into a cache-sized buffer,
@@ -590,6 +590,8 @@ def _separable(
     ``workers``, so the result is bit-identical for any number of threads.
 
     With two plans the result is the gradient magnitude sqrt(g1² + g2²), per strip.
+    Returns None when the image holds NaN or infinity that a banded product spread
+    further than scipy.ndimage would (the caller then uses the direct method).
     """
     h, w, c = x.shape
     out = np.empty_like(x)
@@ -603,6 +605,14 @@ def _separable(
         for p in plans
     ]
     widest = max(t.row.shape[0] for terms in prepared for t in terms)
+    # Banded products multiply every tap, zeros too, so a NaN or infinity in the image
+    # would reach outputs that scipy.ndimage (which skips zero weights) leaves finite.
+    check_finite = any(
+        t.taps is None or (t.vtaps is None and t.column_shift is None)
+        for terms in prepared
+        for t in terms
+    )
+    non_finite: list[bool] = []
     strips = list(range(0, h, _STRIP_ROWS))
 
     def source_rows(t: _Term, r0: int, r1: int) -> np.ndarray:
@@ -740,9 +750,9 @@ def _separable(
                             s == 0,
                             tmp,
                         )
-            if (
-                second is not None
-            ):  # gradient magnitude, as gradient_magnitude computes it
+            if check_finite and not np.isfinite(o2[i0:i1]).all():
+                non_finite.append(True)
+            if second is not None:  # the gradient magnitude, as gradient_magnitude does
                 g1, g2 = o2[i0:i1], second[: i1 - i0]
                 np.multiply(g1, g1, out=g1)
                 np.multiply(g2, g2, out=g2)
@@ -754,6 +764,8 @@ def _separable(
         for i in range(0, len(strips), _STRIPS_PER_TASK)
     ]
     _run_parallel(tasks, workers)
+    if non_finite and not np.isfinite(x).all():
+        return None
     return out
 
 
@@ -794,9 +806,14 @@ def _correlate_same(
 ) -> np.ndarray:
     """scipy.ndimage.correlate(x[..., c], weights, mode, cval) for every channel c."""
     if p.method == "separable":
-        return _separable(x, [p], mode, cval, workers)
-    if p.method == "fft":
-        return _fft(x, p.weights, mode, cval)
+        result = _separable(x, [p], mode, cval, workers)
+        if result is not None:
+            return result
+    elif p.method == "fft":
+        result = _fft(x, p.weights, mode, cval)
+        # The FFT mixes every value of a block: NaN or infinity spreads to all of it.
+        if np.isfinite(result).all() or np.isfinite(x).all():
+            return result
     return _direct(x, p.weights, mode, cval, workers)
 
 
@@ -925,10 +942,10 @@ def gradient_magnitude(
         px, py = plan(wx, x3.shape, method), plan(wy, x3.shape, method)
         if px.method == "separable" and py.method == "separable":
             n_workers = _workers() if workers is None else max(1, int(workers))
-            result = _separable(x3, [px, py], mode, float(cval), n_workers)[
-                ::stride, ::stride
-            ]
-            return np.ascontiguousarray(result[..., 0] if x.ndim == 2 else result)
+            fused = _separable(x3, [px, py], mode, float(cval), n_workers)
+            if fused is not None:
+                result = fused[::stride, ::stride]
+                return np.ascontiguousarray(result[..., 0] if x.ndim == 2 else result)
     gx = correlate(x, wx, **options)  # type: ignore[arg-type]
     gy = correlate(x, wy, **options)  # type: ignore[arg-type]
     np.multiply(gx, gx, out=gx)

@@ -401,3 +401,18 @@ def test_dyadic_kernels_on_integer_images_are_exact(weights: np.ndarray) -> None
     image = np.random.default_rng(11).integers(0, 256, (70, 90, 3)).astype(np.float32)
     want = scipy_reference(image, weights, "reflect", 0.0).astype(np.float32)
     np.testing.assert_array_equal(correlate(image, weights), want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_in_image_stays_where_scipy_puts_it(method: str) -> None:
+    # scipy.ndimage skips zero weights, so a NaN reaches only the outputs whose window
+    # gives it a non-zero weight; FFT and banded products must not spread it further.
+    image = np.ones((40, 37, 2), dtype=np.float32)
+    image[20, 18, 1] = np.nan
+    rng = np.random.default_rng(12)
+    sparse = rng.standard_normal((9, 9)) * (rng.random((9, 9)) > 0.3)  # banded products
+    for weights in (sparse, SOBEL_X):
+        got = correlate(image, weights, method=method)  # type: ignore[arg-type]
+        want = scipy_reference(image, weights, "reflect", 0.0)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(weights).sum())
