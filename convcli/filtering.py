@@ -60,10 +60,13 @@ Step = np.ndarray | tuple[np.ndarray, np.ndarray]
 _EPS32 = float(np.finfo(np.float32).eps)
 # Largest sum of separable terms worth running before FFT or the direct method win.
 _MAX_TERMS = 8
-# Output rows per vertical strip and columns per horizontal block of the banded products
-# (measured on a 3840x2160 RGB image: blocks of 16-32 keep the band matrices small while
-# each sgemm call is still large enough to run near full speed).
+# Output rows per strip, rows per vertical band matrix and columns per horizontal block
+# of the banded products (measured on a 3840x2160 RGB image: blocks of 16-32 keep the
+# band matrices small while each sgemm call is still large enough to run near full
+# speed). Strips of shifted adds only are shorter so their buffers stay in L2 cache
+# (box3 0.068 s against 0.078 s, binomial 5x5 0.118 s against 0.154 s on one core).
 _STRIP_ROWS = 32
+_STRIP_ROWS_SHIFT_ADD = 16
 _BAND_ROWS = 16
 _BLOCK_COLS = 16
 _STRIPS_PER_TASK = 2
@@ -613,7 +616,9 @@ def _separable(
         for t in terms
     )
     non_finite: list[bool] = []
-    strips = list(range(0, h, _STRIP_ROWS))
+    # Fixed by the kernel alone (never by ``workers``): results do not depend on threads.
+    strip_rows = _STRIP_ROWS if check_finite else _STRIP_ROWS_SHIFT_ADD
+    strips = list(range(0, h, strip_rows))
 
     def source_rows(t: _Term, r0: int, r1: int) -> np.ndarray:
         """Input rows that vertical outputs r0..r1 read (extended beyond the border)."""
@@ -730,13 +735,13 @@ def _separable(
                     np.add(target, scratch, out=target)
 
     def run(chunk: list[int]) -> None:
-        shape = (_STRIP_ROWS, w * c)
+        shape = (strip_rows, w * c)
         buf = np.empty(shape, dtype=np.float32)
         tmp = np.empty(shape, dtype=np.float32)
-        vpad = np.empty((_STRIP_ROWS, (w + widest - 1) * c), dtype=np.float32)
+        vpad = np.empty((strip_rows, (w + widest - 1) * c), dtype=np.float32)
         second = np.empty(shape, dtype=np.float32) if len(prepared) > 1 else None
         for i0 in chunk:
-            i1 = min(i0 + _STRIP_ROWS, h)
+            i1 = min(i0 + strip_rows, h)
             for number, terms in enumerate(prepared):
                 dst = o2[i0:i1] if number == 0 else second[: i1 - i0]  # type: ignore[index]
                 for s, t in enumerate(terms):
