@@ -82,6 +82,15 @@ def test_digits_in_a_real_process(samples: Path) -> None:
     assert done.stderr == b""
 
 
+def test_image_from_stdin(samples: Path) -> None:
+    from tests.conftest import run_convcli
+
+    done = run_convcli("run", str(samples / "digits.toml"), "-", "--json", input=(samples / "digit-4.png").read_bytes())
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["inputs"] == ["-"] and doc["top"][0][0]["class"] == "4"
+
+
 # --------------------------------------------------------------------------- weights and seeds
 
 
