@@ -168,7 +168,7 @@ def run_command(
     inputs: list[str] = typer.Argument(
         ..., metavar="INPUT...",
         help="Images (read as float32 in [0, 1], never resized; gray/RGB converted to the model's depth) "
-        "or .npy arrays (H,W,D) or (N,H,W,D), used as they are.",
+        "or .npy arrays (H,W,D) or (N,H,W,D), used as they are; - reads one image from stdin.",
         show_default=False,
     ),
     weights: Path | None = typer.Option(
