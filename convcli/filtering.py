@@ -1,27 +1,32 @@
 """The filtering engine: 2-D cross-correlation of images, exact and fast.
 
-Every public function computes exactly what :func:`scipy.ndimage.correlate` computes for
-each channel with the same ``mode`` and ``cval`` (to float32 rounding), the lecture's
-"lay the kernel on the image, multiply element-wise, sum" with no flip. What differs is
-how: for each kernel the engine picks the cheapest exact method.
+Every public function computes what :func:`scipy.ndimage.correlate` computes for each
+channel with the same ``mode`` and ``cval`` (to float32 rounding), the lecture's "lay
+the kernel on the image, multiply element-wise, sum" with no flip. What differs is how:
+for each kernel the engine picks the cheapest exact method (:func:`plan`).
 
 * ``"separable"``: the kernel is written as a short sum of outer products
   ``K = sum_s u_s v_s^T`` (one term for box, Gaussian, Sobel; two for the Laplacians and
-  sharpen; taken from the SVD only when the reconstruction is exact to float32 rounding,
-  else the kernel's own rows are used, which is always exact). Each term is a horizontal
-  pass with ``v_s`` followed by a vertical pass with ``u_s``. Both passes are written as
-  small banded matrix products (BLAS ``sgemm``) over row strips and column blocks, so
-  all channels of an (H, W, C) image go through one product and no Python loop ever
-  visits a pixel. Rows of a strip are independent, so the result does not depend on how
-  the image is split.
+  sharpen). The factors come from cross approximation (rows and columns of the kernel
+  itself, so integer and dyadic kernels split exactly) or the SVD, and are used only
+  when the reconstruction is exact to float32 rounding; else the kernel's own rows,
+  which is always exact. Each term is a vertical pass with ``u_s`` then a horizontal
+  pass with ``v_s``, done strip by strip (a strip is finished while it is in cache):
+  short 1-D filters as shifted whole-strip adds over all channels at once (mirror
+  pairs share one product, a common weight such as 1/9 is applied once), longer ones
+  as small banded float32 matrix products (BLAS ``sgemm``). No Python loop visits a
+  pixel. The split into strips is fixed, so results are bit-identical for any number
+  of threads.
 * ``"fft"``: large kernels of high rank, by overlap-add FFT
   (:func:`scipy.signal.oaconvolve`) on the image extended with :func:`numpy.pad` in the
   matching mode.
-* ``"direct"``: :func:`scipy.ndimage.correlate` itself, for tiny images where set-up
-  costs dominate.
+* ``"direct"``: :func:`scipy.ndimage.correlate` itself: tiny images, where set-up costs
+  dominate, and images holding NaN or infinity when a product method would spread them
+  to outputs that scipy (which skips zero weights) leaves finite.
 
-Work is float32 throughout and strips are spread over the machine's cores with a thread
-pool (BLAS, scipy.ndimage and the FFT release the GIL).
+Work is float32 throughout and strips are spread over the cores with a thread pool
+(numpy's element-wise operations release the GIL; its matrix products do not, so each
+product is kept small enough that OpenBLAS does not start threads of its own).
 """
 
 from __future__ import annotations
