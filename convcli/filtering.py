@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from convcli.errors import InputError, KernelError, ShapeError
 
@@ -75,6 +76,7 @@ _STRIP_ROWS_SHIFT_ADD = 16
 _BAND_ROWS = 16
 _BLOCK_COLS = 16
 _STRIPS_PER_TASK = 2
+_BATCH_ROWS = 8
 _BLAS_SINGLE_THREAD_MNK = 4 * 65536
 # Horizontal filters that take at most this many whole-strip operations run as shifted
 # adds (measured on a 4K RGB image: about 8 ms per operation against 60-70 ms for the
@@ -438,6 +440,7 @@ class _Term:
         int, np.ndarray
     ]  # columns -> Kronecker band matrix of v (all channels)
     edge_cval: float  # constant mode: the vertically filtered image outside the border
+    batched: bool  # banded horizontal products small enough to run as one batch
 
 
 def _unit_tap(f: np.ndarray) -> int | None:
@@ -578,6 +581,8 @@ def _prepare_term(
         if taps is not None
         else {n: np.kron(_band(v, n).T, eye) for n in {_BLOCK_COLS, last_cols}},
         edge_cval=cval * float(u.astype(np.float64).sum()),
+        batched=_STRIP_ROWS * (_BLOCK_COLS + v.shape[0] - 1) * c * _BLOCK_COLS * c
+        <= _BLAS_SINGLE_THREAD_MNK,
     )
 
 
@@ -676,16 +681,11 @@ def _separable(
                 )
         return buf[:n]
 
-    def shifted_adds(
-        t: _Term,
-        i0: int,
-        i1: int,
-        vpad: np.ndarray,
-        dst: np.ndarray,
-        first: bool,
-        tmp: np.ndarray,
-    ) -> None:
-        """Vertical pass written straight into a column-padded buffer, then shifted adds."""
+    def padded_vertical(
+        t: _Term, i0: int, i1: int, vpad: np.ndarray, tmp: np.ndarray
+    ) -> np.ndarray:
+        """The vertical pass of rows i0..i1, written into ``vpad`` between the columns
+        that extend it beyond the left and right border (filled per ``mode``)."""
         n = i1 - i0
         k = t.row.shape[0]
         left, right = k // 2, k - 1 - k // 2
@@ -700,15 +700,76 @@ def _separable(
                 p3[:, outside] = edge
             else:
                 p3[:, outside] = p3[:, left + index[outside]]
+        return padded
+
+    def shifted_adds(
+        t: _Term,
+        i0: int,
+        i1: int,
+        vpad: np.ndarray,
+        dst: np.ndarray,
+        first: bool,
+        tmp: np.ndarray,
+    ) -> None:
+        """Vertical pass into a column-padded buffer, then horizontal shifted adds."""
+        padded = padded_vertical(t, i0, i1, vpad, tmp)
         assert t.taps is not None
         _apply_groups(
             t.taps,
             lambda tap: padded[:, tap * c : (tap + w) * c],
             dst,
             first,
-            tmp[:n],
+            tmp[: i1 - i0],
             t.taps_scale,
         )
+
+    def batched_banded(
+        t: _Term,
+        i0: int,
+        i1: int,
+        vpad: np.ndarray,
+        dst: np.ndarray,
+        first: bool,
+        tmp: np.ndarray,
+    ) -> None:
+        """Vertical pass into a column-padded buffer, then every full column block's
+        banded product in one batched ``matmul`` (overlapping windows as a strided view:
+        no Python loop over blocks, and numpy runs the batch without the GIL)."""
+        n = i1 - i0
+        k = t.row.shape[0]
+        padded = padded_vertical(t, i0, i1, vpad, tmp)
+        target = dst if first else tmp[:n]
+        b = _BLOCK_COLS
+        full = w // b
+        size = padded.itemsize
+        # numpy releases the GIL for a batch of more than 500 products: split the rows
+        # too, so each product is (8 rows) x (block + k - 1) x (block), a few microseconds.
+        rows = min(_BATCH_ROWS, n)
+        for r0, r1, per in ((0, n - n % rows, rows), (n - n % rows, n, n % rows)):
+            if full == 0 or r1 <= r0:
+                continue
+            src, out = padded[r0:r1], target[r0:r1]
+            windows = as_strided(
+                src,
+                shape=((r1 - r0) // per, full, per, (b + k - 1) * c),
+                strides=(per * src.strides[0], b * c * size, src.strides[0], size),
+                writeable=False,
+            )
+            blocks_out = as_strided(
+                out,
+                shape=((r1 - r0) // per, full, per, b * c),
+                strides=(per * out.strides[0], b * c * size, out.strides[0], size),
+            )
+            np.matmul(windows, t.blocks[b], out=blocks_out)
+        if w > full * b:
+            j0, rest = full * b, w - full * b
+            np.matmul(
+                padded[:, j0 * c : (j0 + rest + k - 1) * c],
+                t.blocks[rest],
+                out=target[:, j0 * c : w * c],
+            )
+        if not first:
+            np.add(dst, target, out=dst)
 
     def banded(
         t: _Term, v: np.ndarray, dst: np.ndarray, first: bool, tmp: np.ndarray
@@ -752,6 +813,8 @@ def _separable(
                 for s, t in enumerate(terms):
                     if t.taps is not None:
                         shifted_adds(t, i0, i1, vpad, dst, s == 0, tmp)
+                    elif t.batched:
+                        batched_banded(t, i0, i1, vpad, dst, s == 0, tmp)
                     else:
                         banded(
                             t,
