@@ -65,7 +65,7 @@ Step = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 _EPS32 = float(np.finfo(np.float32).eps)
 # Largest sum of separable terms worth running before FFT or the direct method win.
-_MAX_TERMS = 8
+_MAX_TERMS = 16
 # Output rows per strip, rows per vertical band matrix and columns per horizontal block
 # of the banded products (measured on a 3840x2160 RGB image: blocks of 16-32 keep the
 # band matrices small while each sgemm call is still large enough to run near full
@@ -288,12 +288,13 @@ def _cost(
     w: np.ndarray,
     terms: tuple[list[np.ndarray], list[np.ndarray]],
 ) -> float:
-    """Rough seconds for one method on a float32 image of ``shape`` (one core).
+    """Rough seconds for one method on a float32 image of ``shape``.
 
-    Per-element constants measured on a 3840x2160 RGB image: a whole-strip numpy
-    operation (one shifted add) about 0.32 ns, a horizontal banded product about
-    3 + 0.1 k ns, a vertical one 0.5 + 0.045 k ns, scipy.ndimage.correlate about 1 ns
-    per kernel tap, the overlap-add FFT 20-25 ns.
+    Per-element constants measured on a 3840x2160 RGB image with 2 cores: a whole-strip
+    numpy operation (one shifted add) about 0.32 ns, a batched horizontal banded product
+    about 1.2 + 0.05 k ns, a vertical one 0.5 + 0.045 k ns, scipy.ndimage.correlate
+    about 1 ns per kernel tap, the overlap-add FFT 20-25 ns (a random 9x9 kernel: nine
+    terms 0.51 s, FFT 0.62 s; 15x15: 0.57 s and 0.65 s).
     """
     h, w_ = shape[0], shape[1]
     n = float(h * w_ * (shape[2] if len(shape) == 3 else 1))
@@ -309,7 +310,7 @@ def _cost(
                     per_element += 0.5e-9 + 0.045e-9 * kh
             ops = _shift_add_ops(_tap_groups(v.astype(np.float32)))
             per_element += (
-                (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 3.0e-9 + 0.1e-9 * kw
+                (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 1.2e-9 + 0.05e-9 * kw
             )
         return n * per_element + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
     if method == "fft":
