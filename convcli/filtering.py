@@ -78,14 +78,14 @@ _BLOCK_COLS = 16
 _STRIPS_PER_TASK = 2
 _BATCH_ROWS = 8
 _BLAS_SINGLE_THREAD_MNK = 4 * 65536
-# Horizontal filters that take at most this many whole-strip operations run as shifted
-# adds (measured on a 4K RGB image: about 8 ms per operation against 60-70 ms for the
-# banded product of a short filter).
-_SHIFT_ADD_OPS = 7
-# Vertical filters: a banded product of a short filter costs about 0.45 ns per element
-# but holds the GIL (numpy's matmul runs on one core at a time), while shifted adds run
-# on all cores; measured on 2 cores, shifted adds win up to about 7 operations.
-_SHIFT_ADD_OPS_VERTICAL = 7
+# Filters that take at most this many whole-strip operations run as shifted adds, longer
+# ones as banded products. A shifted add costs about 0.3 ns per element and runs on all
+# cores; a batched horizontal product about 1.2 + 0.05 k ns, also on all cores; a
+# vertical one 0.5 + 0.045 k ns but holding the GIL. Measured on a 4K RGB image with 2
+# cores (binomial 5x5, 6 and 7 operations: 0.057 s with products, 0.080 s with adds;
+# box3, 2 and 3 operations: 0.047 s either way).
+_SHIFT_ADD_OPS = 4
+_SHIFT_ADD_OPS_VERTICAL = 4
 
 
 # --------------------------------------------------------------------------- validation
