@@ -348,7 +348,10 @@ def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -
 # --------------------------------------------------------------------------- helpers
 
 
-def _workers() -> int:
+def _workers(requested: int | None = None) -> int:
+    """Threads to use: ``requested`` (at least 1), else the available cores (at most 8)."""
+    if requested is not None:
+        return max(1, int(requested))
     return max(
         1,
         min(
@@ -358,6 +361,11 @@ def _workers() -> int:
             8,
         ),
     )
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    """A contiguous float32 (H, W, C) copy or view of a (H, W) or (H, W, C) image."""
+    return np.ascontiguousarray(x[..., None] if x.ndim == 2 else x, dtype=np.float32)
 
 
 def _run_parallel(tasks: Sequence[Callable[[], None]], workers: int) -> None:
@@ -941,8 +949,8 @@ def correlate(
     _check_geometry(padding, stride)
     w = _check_weights(weights)
     squeeze = x.ndim == 2
-    x3 = np.ascontiguousarray(x[..., None] if squeeze else x, dtype=np.float32)
-    n_workers = _workers() if workers is None else max(1, int(workers))
+    x3 = _channels_last(x)
+    n_workers = _workers(workers)
     cval = float(cval)
     kh, kw = w.shape
     h, w_ = x3.shape[:2]
@@ -1012,11 +1020,10 @@ def gradient_magnitude(
     _check_geometry(padding, stride)
     wx, wy = _check_weights(weights_x), _check_weights(weights_y)
     if padding == "same" and method in ("auto", "separable"):
-        x3 = np.ascontiguousarray(x[..., None] if x.ndim == 2 else x, dtype=np.float32)
+        x3 = _channels_last(x)
         px, py = plan(wx, x3.shape, method), plan(wy, x3.shape, method)
         if px.method == "separable" and py.method == "separable":
-            n_workers = _workers() if workers is None else max(1, int(workers))
-            fused = _separable(x3, [px, py], mode, float(cval), n_workers)
+            fused = _separable(x3, [px, py], mode, float(cval), _workers(workers))
             if fused is not None:
                 result = fused[::stride, ::stride]
                 return np.ascontiguousarray(result[..., 0] if x.ndim == 2 else result)
