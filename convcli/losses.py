@@ -394,11 +394,10 @@ def read_values(source: str, *, label: str = "values") -> np.ndarray:
     """
     path = Path(source)
     looks_like_file = source.lower().endswith((".npy", ".csv", ".txt"))
-    is_file = False
     try:
-        is_file = path.is_file()
+        is_file, is_dir = path.is_file(), path.is_dir()
     except OSError:  # e.g. a name too long to be a path: inline numbers
-        pass
+        is_file = is_dir = False
     if is_file:
         try:
             data = path.read_bytes()
@@ -407,7 +406,7 @@ def read_values(source: str, *, label: str = "values") -> np.ndarray:
         if source.lower().endswith(".npy") or data.startswith(b"\x93NUMPY"):
             return _from_npy_bytes(data, f"{label} ({source})")
         return values_from_bytes(data, label=f"{label} ({source})")
-    if path.is_dir():
+    if is_dir:
         raise InputError(f"{label}: {source} is a folder; expected a .npy or .csv file or numbers")
     if looks_like_file:
         raise InputError(f"{label}: no such file: {source}")

@@ -306,3 +306,9 @@ def test_csv_header_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "y.csv"
     path.write_text("cat,dog\n1,0\n0,1\n")
     np.testing.assert_array_equal(losses.read_values(str(path)), [[1, 0], [0, 1]])
+
+
+def test_long_inline_values_are_not_taken_for_a_path() -> None:
+    # 2,000 numbers make a string longer than any file name (ENAMETOOLONG from stat)
+    values = losses.read_values(" ".join(["0.5"] * 2000), label="--pred")
+    assert values.shape == (2000,) and (values == 0.5).all()
