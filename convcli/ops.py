@@ -244,6 +244,11 @@ def softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     return result
 
 
+_FUNCTIONS = {
+    "relu": relu, "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh, "elu": elu, "softmax": softmax,
+}
+
+
 def activate(
     x: np.ndarray, name: str | None, alpha: float | None = None, *, inplace: bool = False
 ) -> np.ndarray:
@@ -252,25 +257,18 @@ def activate(
     ``alpha`` is the negative slope of ``leaky_relu`` (default 0.3) or the scale of
     ``elu`` (default 1.0). Raises ModelError for an unknown name.
     """
-    out = x if inplace else None
     if name is None or name == "linear":
         return x
-    if name == "relu":
-        return relu(x, out=out)
-    if name == "leaky_relu":
-        return leaky_relu(x, 0.3 if alpha is None else alpha, out=out)
-    if name == "sigmoid":
-        return sigmoid(x, out=out)
-    if name == "tanh":
-        return tanh(x, out=out)
-    if name == "elu":
-        return elu(x, 1.0 if alpha is None else alpha, out=out)
-    if name == "softmax":
-        return softmax(x, out=out)
-    raise ModelError(
-        f"Unknown value for `activation`. Allowed values are: {', '.join(ACTIVATIONS)}. "
-        f"Received: activation={name}"
-    )
+    function = _FUNCTIONS.get(name)
+    if function is None:
+        raise ModelError(
+            f"Unknown value for `activation`. Allowed values are: {', '.join(ACTIVATIONS)}. "
+            f"Received: activation={name}"
+        )
+    out = x if inplace else None
+    if alpha is not None and name in ("leaky_relu", "elu"):
+        return function(x, alpha, out=out)
+    return function(x, out=out)
 
 
 def _finish(
@@ -553,10 +551,7 @@ def locally_connected2d(
             result = np.matmul(cols.transpose(1, 0, 2), positions[r0:r1].reshape(p, cols_per_row, k))
             block = out[n0:n1, r0:r1]
             block[...] = result.reshape(r1 - r0, ow, g, k).transpose(2, 0, 1, 3)
-            if bias_ is not None:
-                block += bias_[r0:r1]
-            if activation is not None and activation != "linear":
-                activate(block, activation, alpha, inplace=True)
+            _finish(block, None if bias_ is None else bias_[r0:r1], activation, alpha)
     return out
 
 
@@ -644,7 +639,6 @@ def avg_pool2d(
     for part in slices:
         out += part
     if any(pads):
-        _, h, w, _ = x.shape
         counts = np.outer(
             _real_counts(h, size[0], strides_[0], pads[0], oh),
             _real_counts(w, size[1], strides_[1], pads[2], ow),
