@@ -428,8 +428,8 @@ def test_neurons_that_do_not_fit_are_refused(cli, tmp_path: Path) -> None:
 
 
 def test_output_size_helper() -> None:
-    box = Step("box3", BOX3, (3, 3))
-    assert output_size((227, 227), [Step("k", np.zeros((11, 11)), (11, 11))], 0, 4) == (55, 55)
+    box = Step("box3", BOX3)
+    assert output_size((227, 227), [Step("k", np.zeros((11, 11)))], 0, 4) == (55, 55)
     assert output_size((512, 300), [box, box], "valid", 1) == (508, 296)
     assert output_size((512, 301), [box], "same", 2) == (256, 151)
     with pytest.raises(ShapeError, match="width of 10: .*4.5"):

@@ -67,7 +67,12 @@ class Step:
 
     name: str
     weights: Any  # np.ndarray, or (weights_x, weights_y) for a gradient magnitude
-    shape: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the kernel (of each kernel of a gradient pair)."""
+        first = self.weights[0] if isinstance(self.weights, tuple) else self.weights
+        return int(first.shape[0]), int(first.shape[1])
 
 
 def output_size(
@@ -245,10 +250,9 @@ def _resolve_steps(specs: list[str], kernel_paths: list[Path]) -> list[Step]:
     for spec in specs:
         kernel = resolve_kernel(spec, kernel_paths)
         if isinstance(kernel, GradientPair):
-            shape = tuple(kernel.x.weights.shape)
-            steps.append(Step(kernel.name, (kernel.x.weights, kernel.y.weights), shape))  # type: ignore[arg-type]
+            steps.append(Step(kernel.name, (kernel.x.weights, kernel.y.weights)))
         else:
-            steps.append(Step(kernel.name, kernel.weights, tuple(kernel.weights.shape)))  # type: ignore[arg-type]
+            steps.append(Step(kernel.name, kernel.weights))
     return steps
 
 
