@@ -454,6 +454,18 @@ def parse_arrow(text: str, name: str = "model") -> L.Model:
     return _assemble(items, name)
 
 
+def _read_document(
+    path: Path, language: str, parse: Callable[[str], Any], syntax_error: type[Exception]
+) -> Any:
+    """Read and parse a model file (InputError when it cannot be read or parsed)."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    except (syntax_error, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid {language}: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------
 # 2. TOML
 # --------------------------------------------------------------------------------------
@@ -482,12 +494,7 @@ def load_toml(path: str | Path) -> L.Model:
     import tomllib
 
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    doc = _read_document(path, "TOML", tomllib.loads, tomllib.TOMLDecodeError)
     unknown = set(doc) - {"input", "layers", "name", "class_names", "weights"}
     if unknown:
         raise ModelError(
@@ -762,12 +769,7 @@ def load_keras_json(path: str | Path) -> L.Model:
         ModelError: naming the Keras layer and its class.
     """
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON: {exc}") from None
+    doc = _read_document(path, "JSON", json.loads, json.JSONDecodeError)
     model_name, entries, input_shape = _keras_topology(doc, path.name)
     built: list[L.Layer] = []
     for index, entry in enumerate(entries):
