@@ -109,7 +109,8 @@ def explain_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: region, kernel, products, sum."),
 ) -> None:
     """Show one convolution by hand: region, kernel, products and their sum."""
-    from convcli.explain import MODES, explain, region_at
+    from convcli.cli.cmd_filter import check_mode
+    from convcli.explain import explain, region_at
     from convcli.kernels import GradientPair, resolve_kernel
 
     if (at is None) == (region is None):
@@ -118,8 +119,7 @@ def explain_command(
         fail(f"--region takes the values themselves; IMAGE ({image}) is only used with --at X,Y")
     if at is not None and image is None:
         fail("--at X,Y needs an IMAGE to take the region from")
-    if mode not in MODES:
-        raise InputError(f"Unknown value for `mode`. Allowed values are: {', '.join(MODES)}. Received: mode={mode}")
+    check_mode(mode)
 
     item = resolve_kernel(kernel, kernel_path)
     if isinstance(item, GradientPair):
