@@ -146,8 +146,9 @@ def test_fused_pass_without_callback_gives_the_same_result() -> None:
     local = parse_arrow("INPUT(6,6,2) => LOCAL(3,3) => LRELU(0.005) => FLATTEN => FC(4) => SIGMOID")
     p = random_params(local, 3)
     y = np.random.default_rng(4).standard_normal((2, 6, 6, 2)).astype(np.float32)
-    unfused = forward.run(local, y, p, on_layer=lambda *args: None)
-    np.testing.assert_allclose(forward.run(local, y, p), unfused, rtol=1e-6)
+    z = local_naive(y, p["local1.kernel"].astype(np.float64), p["local1.bias"], (3, 3), (1, 1))
+    z = np.where(z > 0, z, 0.005 * z).reshape(2, -1) @ p["fc1.kernel"].astype(np.float64) + p["fc1.bias"]
+    np.testing.assert_allclose(forward.run(local, y, p), 1 / (1 + np.exp(-z)), rtol=1e-4, atol=1e-6)
 
 
 def test_in_place_activations_never_touch_the_callers_input() -> None:
@@ -256,17 +257,3 @@ def test_run_agrees_with_pytorch() -> None:
     t = torch.softmax(t @ torch.from_numpy(params["fc1.kernel"]) + torch.from_numpy(params["fc1.bias"]), dim=1)
     np.testing.assert_allclose(forward.run(model, x, params), t.numpy(), rtol=1e-4, atol=1e-6)
 
-
-def test_digits_demo_reproduces_its_held_out_accuracy(samples: Path) -> None:
-    if not (samples / "digits.npz").exists() or not (samples / "digits-heldout.npz").exists():
-        pytest.skip("digits demo not present")
-    from convcli.spec import load_model
-
-    model = load_model(str(samples / "digits.toml"))
-    params = forward.load_weights(model, samples / "digits.npz")
-    with np.load(samples / "digits-heldout.npz") as held:
-        arrays = {key: held[key] for key in held.files}
-    images = next(v for v in arrays.values() if v.ndim == 4)
-    labels = next(v for v in arrays.values() if v.ndim == 1)
-    accuracy = float((forward.run(model, images, params).argmax(axis=1) == labels).mean())
-    assert accuracy >= 0.97
