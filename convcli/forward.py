@@ -321,19 +321,14 @@ def run_batches(
 
 def is_relu_output(layer: L.Layer) -> bool:
     """True when the layer's output went through a ReLU (a RELU layer or a fused relu)."""
-    if isinstance(layer, L.Activation):
-        return layer.function == "relu"
-    return getattr(layer, "activation", None) == "relu"
+    return L.output_activation(layer) == "relu"
 
 
 def is_softmax_output(model: L.Model) -> bool:
     """True when the model ends in a softmax over a flat output (class probabilities)."""
     if not model.layers or len(model.output_shape()) != 1:
         return False
-    last = model.layers[-1]
-    if isinstance(last, L.Activation):
-        return last.function == "softmax"
-    return getattr(last, "activation", None) == "softmax"
+    return L.output_activation(model.layers[-1]) == "softmax"
 
 
 class LayerStats:

@@ -399,6 +399,14 @@ DEFAULT_ALPHA = {"leaky_relu": 0.3, "elu": 1.0}
 """Keras' defaults: ``LeakyReLU(negative_slope=0.3)``, ``ELU(alpha=1.0)``."""
 
 
+def output_activation(layer: Layer) -> str | None:
+    """The activation applied to the layer's output: an Activation layer's function or the
+    fused ``activation=`` of a Conv2D, LocallyConnected2D or Dense layer (None otherwise)."""
+    if isinstance(layer, Activation):
+        return layer.function
+    return getattr(layer, "activation", None)
+
+
 def _check_positive(name: str, **values: int | tuple[int, ...]) -> None:
     for key, value in values.items():
         items = value if isinstance(value, tuple) else (value,)

@@ -20,7 +20,7 @@ from typing import Any
 
 from convcli import geometry
 from convcli.errors import ShapeError
-from convcli.layers import Model, Shape
+from convcli.layers import Model, Shape, output_activation
 
 BYTES_PER_FLOAT32 = 4
 
@@ -172,7 +172,6 @@ def summarize(model: Model) -> Summary:
         trainable = layer.params(in_shape)
         if layer.type == "BatchNormalization":
             trainable //= 2  # moving mean and variance are not trained
-        activation = getattr(layer, "activation", None) or getattr(layer, "function", None)
         row = Row(
             name=layer.name,
             type=layer.type,
@@ -184,7 +183,7 @@ def summarize(model: Model) -> Summary:
             receptive_field=rf,
             activation_bytes=_bytes(out_shape),
             trainable_params=trainable,
-            activation=activation,
+            activation=output_activation(layer),
         )
         rows.append(row)
         peak = max(peak, _bytes(in_shape) + _bytes(out_shape))
