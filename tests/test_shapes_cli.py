@@ -10,6 +10,15 @@ import pytest
 from tests.conftest import run_convcli
 
 
+def imported_packages(stderr: bytes) -> set[str]:
+    """Top-level packages a ``PYTHONPROFILEIMPORTTIME=1`` run imported, from its stderr."""
+    return {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in stderr.decode().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
 def _json(cli, *args: str) -> dict:
     result = cli("shapes", *args, "--json")
     assert result.exit_code == 0, result.stderr
@@ -111,10 +120,6 @@ def test_subprocess_json_and_no_numpy_at_start_up() -> None:
     )
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["params_unshared"] == 105_705_600
-    imported = {
-        line.rsplit("|", 1)[1].strip().split(".")[0]
-        for line in proc.stderr.decode().splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported = imported_packages(proc.stderr)
     assert "convcli" in imported  # the measurement works
     assert not imported & {"numpy", "scipy", "PIL"}, os.linesep.join(sorted(imported))

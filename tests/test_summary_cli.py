@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_convcli
+from tests.test_shapes_cli import imported_packages
 from tests.test_spec import VGG16_ARROW
 
 
@@ -104,10 +105,6 @@ def test_subprocess_without_numpy(samples: Path) -> None:
     proc = run_convcli("summary", str(samples / "vgg19.toml"), "--json", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["total_params"] == 143_667_240
-    imported = {
-        line.rsplit("|", 1)[1].strip().split(".")[0]
-        for line in proc.stderr.decode().splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported = imported_packages(proc.stderr)
     assert "convcli" in imported
     assert not imported & {"numpy", "scipy", "PIL"}
