@@ -14,6 +14,7 @@ input + output pair alive while one layer runs).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -137,10 +138,7 @@ class Summary:
 
 
 def _bytes(shape: Shape) -> int:
-    total = BYTES_PER_FLOAT32
-    for n in shape:
-        total *= n
-    return total
+    return BYTES_PER_FLOAT32 * math.prod(shape)
 
 
 def summarize(model: Model) -> Summary:

@@ -48,7 +48,7 @@ def summary_command(
     from rich.table import Table
 
     from convcli.spec import load_model
-    from convcli.summary import summarize
+    from convcli.summary import BYTES_PER_FLOAT32, summarize
 
     if json_output and csv_output:
         fail("choose one of --json and --csv")
@@ -102,11 +102,11 @@ def summary_command(
     )
     out_console.print(
         f"[bold] Trainable params:[/] {summary.trainable_params:,} "
-        f"({readable_size(summary.trainable_params * 4)})"
+        f"({readable_size(summary.trainable_params * BYTES_PER_FLOAT32)})"
     )
     out_console.print(
         f"[bold] Non-trainable params:[/] {summary.non_trainable_params:,} "
-        f"({readable_size(summary.non_trainable_params * 4)})"
+        f"({readable_size(summary.non_trainable_params * BYTES_PER_FLOAT32)})"
     )
     out_console.print(
         f"[bold] MACs:[/] {summary.total_macs:,} ({readable_count(summary.total_macs)}); "
