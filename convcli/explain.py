@@ -22,12 +22,13 @@ from fractions import Fraction
 
 import numpy as np
 
+from convcli import filtering
 from convcli.errors import InputError
 
 __all__ = ["MODES", "Explanation", "explain", "region_at"]
 
-#: scipy.ndimage's border modes.
-MODES = ("reflect", "constant", "nearest", "mirror", "wrap")
+#: scipy.ndimage's border modes (the filtering engine's).
+MODES = tuple(filtering.MODES)
 
 
 @dataclass(frozen=True, eq=False)

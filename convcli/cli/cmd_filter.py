@@ -23,9 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from convcli.images import LoadedImage
 
-#: scipy.ndimage's border modes, in its documentation's order.
-MODES = ("reflect", "constant", "nearest", "mirror", "wrap")
-
 _DEFAULT_MAX_PIXELS = 178_956_970  # = convcli.images.DEFAULT_MAX_PIXELS (Pillow's limit)
 
 
@@ -54,6 +51,8 @@ def parse_padding(text: str) -> int | str:
 
 def check_mode(mode: str) -> str:
     """Validate ``--mode`` before any file is read (the engine checks it too)."""
+    from convcli.filtering import MODES
+
     if mode not in MODES:
         raise InputError(
             f"Unknown value for `mode`. Allowed values are: {', '.join(MODES)}. Received: mode={mode}"
