@@ -637,8 +637,9 @@ def test_batch_of_listed_inputs_to_npy(cli, tmp_path: Path) -> None:
         )
     )
     assert sorted(p.name for p in out.iterdir()) == ["camera.npy", "coffee-16bit.npy"]
-    source, _ = pixels(SAMPLES / "coffee-16bit.png")
-    assert_raw(np.load(out / "coffee-16bit.npy"), reference(source, BOX3)[:, :, 0])
+    for name in ("camera", "coffee-16bit"):
+        source, _ = pixels(SAMPLES / f"{name}.png")
+        assert_raw(np.load(out / f"{name}.npy"), reference(source, BOX3)[:, :, 0])
 
 
 def test_batch_goes_on_past_a_bad_file(cli, tmp_path: Path, photo_folder: Path) -> None:
