@@ -177,10 +177,7 @@ def run_command(
         '(weights = "x.npz"), else random (He normal) from --seed.',
         show_default=False,
     ),
-    seed: int | None = typer.Option(
-        None, "--seed", metavar="N", help="Seed of the random weights and of --train-dropout. \\[default: 0]",
-        show_default=False,
-    ),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the random weights and of --train-dropout."),
     save_weights: Path | None = typer.Option(
         None, "--save-weights", metavar="W.npz", help="Write the parameters used (.npz).", show_default=False
     ),
@@ -223,8 +220,8 @@ def run_command(
         params = forward.load_weights(model, weights_path)
         weights_note = f"weights {_display_path(weights_path)}" + (" (named by the model file)" if weights is None else "")
     else:
-        params = forward.init_params(model, seed=seed or 0)
-        weights_note = f"random weights (He normal, seed {seed or 0})"
+        params = forward.init_params(model, seed=seed)
+        weights_note = f"random weights (He normal, seed {seed})"
 
     stats, collect = forward.layer_stats(model)
     # feature maps of the first input: the input itself, then every layer with a 3-D output
@@ -260,7 +257,7 @@ def run_command(
         progress.start()
     try:
         result = forward.run_batches(model, x, params, batch_size=batch_size, train_dropout=train_dropout,
-                                     seed=seed or 0, on_layer=on_layer, on_batch=on_batch)
+                                     seed=seed, on_layer=on_layer, on_batch=on_batch)
     finally:
         if progress is not None:
             progress.stop()
@@ -277,7 +274,7 @@ def run_command(
             "model": model.name,
             "inputs": labels,
             "weights": str(weights_path) if weights_path is not None else None,
-            "seed": seed or 0,
+            "seed": seed,
             "output_shape": list(result.shape),
             "output": result.tolist(),
             "layers": [s.to_json() for s in stats],
