@@ -46,6 +46,11 @@ def test_same_padding_gives_ceil_n_over_s(n: int, f: int, s: int, expected_out: 
     before, after = geometry.same_padding(n, f, s)
     assert after - before in (0, 1)  # extra pixel bottom/right, as Keras
     assert geometry.conv_output_length(n, f, s, "same") == expected_out
+    # window starts 0, s, 2s, ... that fit in the padded input: exactly ceil(n/s) when the
+    # padding is the least that makes room for them (TensorFlow's SAME)
+    starts = range(0, n + before + after - f + 1, s)
+    assert len(starts) >= expected_out
+    assert before + after == 0 or starts[expected_out - 1] + f == n + before + after
 
 
 def test_dilation_extends_the_kernel() -> None:
