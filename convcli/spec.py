@@ -818,9 +818,18 @@ def load_model(source: str) -> L.Model:
     lowered = source.lower().strip()
     if lowered.endswith(".toml") or lowered.endswith(".json"):
         path = Path(source)
-        if not path.is_file():
+        if not _is_file(path):
             raise InputError(f"model file {source} does not exist")
         return load_toml(path) if lowered.endswith(".toml") else load_keras_json(path)
-    if "(" not in source and Path(source).is_file():
+    if "(" not in source and _is_file(Path(source)):
         raise InputError(f"model file {source}: expected a .toml or a Keras .json file")
     return parse_arrow(source)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the system refuses the name (longer than a file name
+    may be, as a long arrow notation is)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False

@@ -428,3 +428,11 @@ def test_huge_repetition_and_other_files_are_refused(tmp_path: Path) -> None:
     other.write_text("INPUT(4,4,1) => RELU")
     with pytest.raises(InputError, match="expected a .toml or a Keras .json file"):
         spec.load_model(str(other))
+
+
+def test_text_too_long_for_a_file_name_is_not_a_file() -> None:
+    # longer than NAME_MAX (255): the system refuses to stat it; still a clean error
+    with pytest.raises(ModelError, match="must start with INPUT"):
+        spec.load_model("RELU => " * 60 + "RELU")
+    with pytest.raises(InputError, match="does not exist"):
+        spec.load_model("a" * 300 + ".toml")
