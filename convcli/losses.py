@@ -403,9 +403,9 @@ def read_values(source: str, *, label: str = "values") -> np.ndarray:
             data = path.read_bytes()
         except OSError as exc:
             raise InputError(f"{label}: cannot read {source}: {exc.strerror}") from None
-        if source.lower().endswith(".npy") or data.startswith(b"\x93NUMPY"):
+        if source.lower().endswith(".npy"):
             return _from_npy_bytes(data, f"{label} ({source})")
-        return values_from_bytes(data, label=f"{label} ({source})")
+        return values_from_bytes(data, label=f"{label} ({source})")  # also a .npy array by another name
     if is_dir:
         raise InputError(f"{label}: {source} is a folder; expected a .npy or .csv file or numbers")
     if looks_like_file:

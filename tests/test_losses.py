@@ -312,3 +312,10 @@ def test_long_inline_values_are_not_taken_for_a_path() -> None:
     # 2,000 numbers make a string longer than any file name (ENAMETOOLONG from stat)
     values = losses.read_values(" ".join(["0.5"] * 2000), label="--pred")
     assert values.shape == (2000,) and (values == 0.5).all()
+
+
+def test_npy_content_under_another_name_is_read_as_an_array(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    with path.open("wb") as stream:
+        np.save(stream, np.array([[0.25, 0.75]]))
+    np.testing.assert_array_equal(losses.read_values(str(path)), [[0.25, 0.75]])
