@@ -28,7 +28,7 @@ TOP_ROWS = 20
 
 
 def _number(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if math.isnan(value):
         return "-"
     if value == 0:
         return "0"
