@@ -167,15 +167,15 @@ def summarize(model: Model) -> Summary:
                     window.pad_before[axis], window.dilation[axis],
                 )
         rf = None if is_global else (size[0], size[1], jump[0], jump[1])
-        trainable = layer.params(in_shape)
-        if layer.type == "BatchNormalization":
-            trainable //= 2  # moving mean and variance are not trained
+        params = layer.params(in_shape)
+        # BatchNormalization's moving mean and variance (half its parameters) are not trained
+        trainable = params // 2 if layer.type == "BatchNormalization" else params
         row = Row(
             name=layer.name,
             type=layer.type,
             input_shape=in_shape,
             output_shape=out_shape,
-            params=layer.params(in_shape),
+            params=params,
             params_unshared=layer.params_unshared(in_shape),
             macs=layer.macs(in_shape),
             receptive_field=rf,
