@@ -1,4 +1,5 @@
-"""Every layer computation of convcli.ops against a naive loop oracle kept here.
+"""The convolution, pooling and flat-layer computations of convcli.ops against the naive
+loop oracles of tests/oracles.py.
 
 The oracles loop over output positions in float64 (numpy-ml keeps ``conv2D_naive`` beside
 its fast im2col conv for the same purpose); the fast ops must agree to float32 rounding.
@@ -16,81 +17,17 @@ from hypothesis import strategies as st
 
 from convcli import ops
 from convcli.errors import ModelError, ShapeError
+from tests.oracles import (
+    conv2d_naive,
+    keras_same,
+    local_naive,
+    pool_naive,
+    resolved_pads,
+)
+
+__all__ = ["conv2d_naive", "keras_same", "local_naive", "pool_naive"]  # tests/test_forward.py imports them from here
 
 RTOL, ATOL = 1e-4, 1e-4
-
-
-# --------------------------------------------------------------------------- oracles
-
-
-def keras_same(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
-    """TensorFlow's SAME padding, written out independently: out = ceil(n/s)."""
-    eff = (k - 1) * d + 1
-    out = math.ceil(n / s)
-    total = max((out - 1) * s + eff - n, 0)
-    return total // 2, total - total // 2
-
-
-def conv2d_naive(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
-    """One output neuron at a time: lay the (dilated) filter on the padded input, multiply, sum."""
-    x = np.asarray(x, np.float64)
-    kernel = np.asarray(kernel, np.float64)
-    n, h, w, c = x.shape
-    fh, fw, _, k = kernel.shape
-    top, bottom, left, right = pads
-    xp = np.zeros((n, h + top + bottom, w + left + right, c))
-    xp[:, top : top + h, left : left + w] = x
-    eh, ew = (fh - 1) * dilation[0] + 1, (fw - 1) * dilation[1] + 1
-    oh = (xp.shape[1] - eh) // strides[0] + 1
-    ow = (xp.shape[2] - ew) // strides[1] + 1
-    out = np.zeros((n, oh, ow, k))
-    for b in range(n):
-        for i in range(oh):
-            for j in range(ow):
-                for f in range(k):
-                    total = 0.0
-                    for u in range(fh):
-                        for v in range(fw):
-                            pixel = xp[b, i * strides[0] + u * dilation[0], j * strides[1] + v * dilation[1]]
-                            total += float(np.dot(pixel, kernel[u, v, :, f]))
-                    out[b, i, j, f] = total + (0.0 if bias is None else bias[f])
-    return out
-
-
-def local_naive(x, kernel, bias, kernel_size, strides):
-    """Locally connected: every output position (i, j) has its own weights kernel[i*OW + j]."""
-    x = np.asarray(x, np.float64)
-    n, h, w, _ = x.shape
-    fh, fw = kernel_size
-    oh = (h - fh) // strides[0] + 1
-    ow = (w - fw) // strides[1] + 1
-    out = np.zeros((n, oh, ow, kernel.shape[2]))
-    for b in range(n):
-        for i in range(oh):
-            for j in range(ow):
-                patch = x[b, i * strides[0] : i * strides[0] + fh, j * strides[1] : j * strides[1] + fw, :]
-                out[b, i, j] = patch.reshape(-1) @ kernel[i * ow + j]
-                if bias is not None:
-                    out[b, i, j] += bias[i, j]
-    return out
-
-
-def pool_naive(x, size, strides, padding, reduce):
-    """Pool over the REAL pixels under each window (padding never takes part)."""
-    n, h, w, c = x.shape
-    if padding == "same":
-        oh, ow = math.ceil(h / strides[0]), math.ceil(w / strides[1])
-        top, left = keras_same(h, size[0], strides[0])[0], keras_same(w, size[1], strides[1])[0]
-    else:
-        oh, ow = (h - size[0]) // strides[0] + 1, (w - size[1]) // strides[1] + 1
-        top = left = 0
-    out = np.zeros((n, oh, ow, c))
-    for i in range(oh):
-        for j in range(ow):
-            r0, c0 = i * strides[0] - top, j * strides[1] - left
-            window = x[:, max(r0, 0) : min(r0 + size[0], h), max(c0, 0) : min(c0 + size[1], w), :]
-            out[:, i, j] = reduce(window.astype(np.float64), axis=(1, 2))
-    return out
 
 
 def rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -141,25 +78,15 @@ CONV_CASES = [
 ]
 
 
-def _resolved(h: int, w: int, fh: int, fw: int, strides, padding, dilation) -> tuple[int, int, int, int]:
-    if padding == "same":
-        return (*keras_same(h, fh, strides[0], dilation[0]), *keras_same(w, fw, strides[1], dilation[1]))
-    if padding == "valid":
-        return (0, 0, 0, 0)
-    if isinstance(padding, int):
-        return (padding,) * 4
-    return padding
-
-
-@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("index", range(len(CONV_CASES)))
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_conv2d_matches_naive_oracle(case, use_bias: bool) -> None:
-    n, h, w, c, fh, fw, k, strides, padding, dilation = case
-    rng = np.random.default_rng(hash(case) % 2**32)
+def test_conv2d_matches_naive_oracle(index: int, use_bias: bool) -> None:
+    n, h, w, c, fh, fw, k, strides, padding, dilation = CONV_CASES[index]
+    rng = np.random.default_rng(1000 + index)
     x, kernel, bias = rand(rng, n, h, w, c), rand(rng, fh, fw, c, k), rand(rng, k)
     out = ops.conv2d(x, kernel, bias if use_bias else None, strides=strides, padding=padding, dilation=dilation)
     expected = conv2d_naive(x, kernel, bias if use_bias else None, strides,
-                            _resolved(h, w, fh, fw, strides, padding, dilation), dilation)
+                            resolved_pads(h, w, fh, fw, strides, padding, dilation), dilation)
     assert out.dtype == np.float32
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
@@ -201,7 +128,7 @@ def test_conv2d_chunking_gives_the_same_result(c: int, k: int, chunk_bytes: int)
     rng = np.random.default_rng(5)
     x, kernel, bias = rand(rng, 5, 9, 8, c), rand(rng, 3, 3, c, k), rand(rng, k)
     out = ops.conv2d(x, kernel, bias, strides=(2, 1), padding="same", activation="relu", chunk_bytes=chunk_bytes)
-    expected = np.maximum(conv2d_naive(x, kernel, bias, (2, 1), _resolved(9, 8, 3, 3, (2, 1), "same", (1, 1))), 0)
+    expected = np.maximum(conv2d_naive(x, kernel, bias, (2, 1), resolved_pads(9, 8, 3, 3, (2, 1), "same", (1, 1))), 0)
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
 
 
@@ -243,7 +170,7 @@ def test_conv2d_chunk_never_exceeds_the_global_budget(monkeypatch: pytest.Monkey
     padding=st.sampled_from(["valid", "same", 0, 1, 2]), seed=st.integers(0, 2**16),
 )
 def test_conv2d_hypothesis(n, h, w, c, fh, fw, k, sh, sw, dh, dw, padding, seed) -> None:
-    pads = _resolved(h, w, fh, fw, (sh, sw), padding, (dh, dw))
+    pads = resolved_pads(h, w, fh, fw, (sh, sw), padding, (dh, dw))
     eh, ew = (fh - 1) * dh + 1, (fw - 1) * dw + 1
     rng = np.random.default_rng(seed)
     x, kernel, bias = rand(rng, n, h, w, c), rand(rng, fh, fw, c, k), rand(rng, k)
