@@ -25,7 +25,8 @@ array([[ 5.,  7.],
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -36,6 +37,7 @@ from convcli.errors import ModelError, ShapeError
 
 __all__ = [
     "ACTIVATIONS",
+    "ALPHA_DEFAULTS",
     "CHUNK_BYTES",
     "IM2COL_BUDGET_BYTES",
     "activate",
@@ -48,13 +50,16 @@ __all__ = [
     "flatten",
     "global_avg_pool2d",
     "global_max_pool2d",
+    "glu",
     "leaky_relu",
     "locally_connected2d",
+    "log_softmax",
     "max_pool2d",
     "relu",
     "resolve_padding",
     "sigmoid",
     "softmax",
+    "sparsemax",
     "tanh",
     "zero_pad2d",
 ]
@@ -74,9 +79,6 @@ one 27x27 sample per chunk left BLAS 25% slower)."""
 
 Padding = Literal["valid", "same"] | int | tuple[int, int, int, int]
 Pair = tuple[int, int]
-
-ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "elu", "softmax")
-"""Activation names :func:`activate` accepts (``None`` is the same as ``linear``)."""
 
 _F32 = np.float32
 
@@ -194,30 +196,58 @@ class _PaddedGroups:
 # --------------------------------------------------------------------------------------
 
 
-def relu(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-    """max(0, z), the lecture's ReLU."""
-    return np.maximum(x, _F32(0), out=out)
+def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``result`` as float32, written into ``out`` when one is given."""
+    if out is None:
+        return np.asarray(result, dtype=_F32)
+    out[...] = result
+    return out
 
 
-def leaky_relu(x: np.ndarray, alpha: float = 0.3, *, out: np.ndarray | None = None) -> np.ndarray:
-    """z for z > 0, alpha*z otherwise (the lecture's example uses alpha = 0.005; Keras'
-    LeakyReLU layer defaults to 0.3)."""
+def relu(
+    x: np.ndarray,
+    *,
+    max_value: float | None = None,
+    negative_slope: float = 0.0,
+    threshold: float = 0.0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """max(0, z), the lecture's ReLU; with the options of Keras' ``ReLU`` layer:
+    ``min(z, max_value)`` for z > ``threshold``, ``negative_slope * (z - threshold)``
+    otherwise.
+
+    >>> relu(np.array([-2.0, 1.0, 3.0, 8.0], np.float32), max_value=6, negative_slope=0.5, threshold=2)
+    array([-2. , -0.5,  3. ,  6. ], dtype=float32)
+    """
+    if max_value is None and negative_slope == 0.0 and threshold == 0.0:
+        return np.maximum(x, _F32(0), out=out)
+    for key, value in (("max_value", max_value), ("negative_slope", negative_slope), ("threshold", threshold)):
+        if value is not None and not value >= 0:
+            raise ModelError(f"relu: `{key}` must be a non-negative number. Received: {key}={value}")
+    if negative_slope == 0.0 and threshold == 0.0:
+        return np.clip(x, _F32(0), _F32(max_value), out=out)  # relu6 and friends: one pass
+    x = np.asarray(x, dtype=_F32)
+    t = _F32(threshold)
+    positive = x if max_value is None else np.minimum(x, _F32(max_value))
+    negative = np.subtract(x, t) * _F32(negative_slope) if negative_slope else _F32(0)
+    return _into(np.where(x > t, positive, negative), out)
+
+
+def leaky_relu(x: np.ndarray, alpha: float = 0.2, *, out: np.ndarray | None = None) -> np.ndarray:
+    """z for z > 0, alpha*z otherwise (Keras' ``activations.leaky_relu`` defaults to 0.2,
+    its ``LeakyReLU`` layer to 0.3; the lecture's example uses alpha = 0.005)."""
     a = _F32(alpha)
     negative = np.multiply(x, a)
     if 0.0 <= alpha <= 1.0:
         return np.maximum(x, negative, out=out)  # max(z, a*z) is leaky ReLU for 0 <= a <= 1
-    result = np.where(x > 0, x, negative)
-    if out is None:
-        return result
-    out[...] = result
-    return out
+    return _into(np.where(x > 0, x, negative), out)
 
 
 def sigmoid(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """1 / (1 + e^-z), computed without overflow (scipy.special.expit)."""
     from scipy.special import expit
 
-    return expit(x, out=out) if out is not None else expit(x).astype(_F32, copy=False)
+    return expit(x, out=out) if out is not None else expit(np.asarray(x, dtype=_F32))
 
 
 def tanh(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -244,31 +274,260 @@ def softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     return result
 
 
-_FUNCTIONS = {
-    "relu": relu, "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh, "elu": elu, "softmax": softmax,
+def log_softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """log(softmax(z)) over the last axis as z - max - log(sum(e^(z - max))): finite for
+    logits where the softmax itself underflows to 0."""
+    with np.errstate(over="ignore"):
+        shifted = np.subtract(x, x.max(axis=-1, keepdims=True), dtype=_F32)
+    total = np.exp(shifted).sum(axis=-1, keepdims=True, dtype=np.float64)
+    shifted -= np.log(total).astype(_F32)
+    return _into(shifted, out)
+
+
+def sparsemax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """The Euclidean projection of each row (last axis) onto the probability simplex
+    (Martins & Astudillo, 2016): max(z - tau, 0) with tau = (sum of the k largest - 1) / k
+    over the support. Sorting and cumulative sums are vectorised over all rows.
+
+    Keras up to 3.15 sums all the support's cumulative sums instead (keras-team/keras
+    issue 23425, fixed by pull request 23469), so its rows do not sum to 1 when more than
+    one value survives; this follows the paper, as the fixed Keras does.
+    """
+    z = np.asarray(x, dtype=np.float64)
+    ordered = -np.sort(-z, axis=-1)
+    cumulative = np.cumsum(ordered, axis=-1)
+    k = np.arange(1, z.shape[-1] + 1, dtype=np.float64)
+    support = 1 + k * ordered > cumulative
+    k_max = support.sum(axis=-1, keepdims=True)
+    tau = (np.take_along_axis(cumulative, k_max - 1, axis=-1) - 1) / k_max
+    return _into(np.maximum(z - tau, 0.0), out)
+
+
+def glu(x: np.ndarray) -> np.ndarray:
+    """Gated linear unit (Keras ``glu``, axis -1): the last axis is split into halves a, b
+    and the result is a * sigmoid(b), HALF as many channels as the input."""
+    x = np.asarray(x, dtype=_F32)
+    if x.shape[-1] % 2:
+        raise ModelError(f"glu: the last axis must have an even size. Received: shape {x.shape}")
+    half = x.shape[-1] // 2
+    gate = sigmoid(x[..., half:])
+    gate *= x[..., :half]
+    return gate
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+"""SELU's constants, Klambauer et al. (2017), "Self-Normalizing Neural Networks", eq. (14)
+(the values Keras and PyTorch use)."""
+
+_INV_SQRT2 = 0.7071067811865476
+
+_Unary = Callable[[np.ndarray, float | None, np.ndarray | None], np.ndarray]
+
+
+def _param(alpha: float | None, default: float) -> float:
+    return default if alpha is None else float(alpha)
+
+
+def _selu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    result = elu(x, SELU_ALPHA, out=out)
+    result *= _F32(SELU_SCALE)
+    return result
+
+
+def _celu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    a = _F32(_param(alpha, 1.0))
+    negative = np.expm1(np.minimum(x, _F32(0)) / a) * a
+    result = np.maximum(x, _F32(0), out=out)
+    result += negative
+    return result
+
+
+def _gelu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    # 0.5 z (1 + erf(z / sqrt 2)) written with erfc(-z / sqrt 2) = 1 + erf(z / sqrt 2),
+    # which keeps its relative precision in the far negative tail instead of cancelling.
+    from scipy.special import erfc
+
+    x = np.asarray(x, dtype=_F32)
+    result = erfc(x * _F32(-_INV_SQRT2))
+    result *= _F32(0.5)
+    result *= x
+    return _into(result, out)
+
+
+def _silu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=_F32)
+    return _into(x * sigmoid(x), out)
+
+
+def _hard_sigmoid_array(x: np.ndarray) -> np.ndarray:
+    result = np.multiply(x, _F32(1 / 6), dtype=_F32)
+    result += _F32(0.5)
+    return np.clip(result, _F32(0), _F32(1), out=result)
+
+
+def _hard_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    return _into(_hard_sigmoid_array(x), out)
+
+
+def _hard_silu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    result = _hard_sigmoid_array(x)
+    result *= x
+    return _into(result, out)
+
+
+def _softplus_array(x: np.ndarray) -> np.ndarray:
+    # log(1 + e^z) = logaddexp(z, 0): no overflow for large z, full precision for very negative z.
+    return np.logaddexp(np.asarray(x, dtype=_F32), _F32(0))
+
+
+def _softplus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    return _into(_softplus_array(x), out)
+
+
+def _log_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    return _into(-np.logaddexp(np.negative(x, dtype=_F32), _F32(0)), out)
+
+
+def _mish(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    result = np.tanh(_softplus_array(x))
+    result *= x
+    return _into(result, out)
+
+
+def _softsign(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=_F32)
+    return _into(x / (np.abs(x) + _F32(1)), out)
+
+
+def _squareplus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    # (z + sqrt(z^2 + b)) / 2; for z < 0 the same value as b / (2 (sqrt(z^2 + b) - z)), which
+    # does not cancel. hypot avoids overflowing z^2.
+    b = _param(alpha, 4.0)
+    x = np.asarray(x, dtype=_F32)
+    root = np.hypot(x, _F32(math.sqrt(b)))
+    half = _F32(0.5)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # masked out below, or b/inf = 0
+        negative = _F32(b / 2) / (root - x)
+    return _into(np.where(x >= 0, x * half + root * half, negative), out)
+
+
+def _sparse_plus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    x = np.asarray(x, dtype=_F32)
+    middle = np.square(x + _F32(1)) * _F32(0.25)
+    return _into(np.where(x <= -1, _F32(0), np.where(x < 1, middle, x)), out)
+
+
+def _sparse_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    result = np.add(x, _F32(1), dtype=_F32)
+    result *= _F32(0.5)
+    return _into(np.clip(result, _F32(0), _F32(1), out=result), out)
+
+
+def _hard_tanh(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    return np.clip(x, _F32(-1), _F32(1), out=out)
+
+
+def _tanh_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    # z - tanh(z) cancels for small z; float64 keeps the float32 result exact to rounding.
+    z = np.asarray(x, dtype=np.float64)
+    return _into(z - np.tanh(z), out)
+
+
+def _exponential(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    with np.errstate(over="ignore"):  # e^z beyond float32 is inf, as in Keras
+        return np.exp(x, out=out) if out is not None else np.exp(np.asarray(x, dtype=_F32))
+
+
+def _soft_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    t = _F32(_param(alpha, 0.5))
+    x = np.asarray(x, dtype=_F32)
+    return _into(np.where(x > t, x - t, np.where(x < -t, x + t, _F32(0))), out)
+
+
+def _hard_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    t = _F32(_param(alpha, 0.5))
+    x = np.asarray(x, dtype=_F32)
+    return _into(np.where(np.abs(x) > t, x, _F32(0)), out)
+
+
+def _threshold(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
+    t = _F32(_param(alpha, 0.0))
+    x = np.asarray(x, dtype=_F32)
+    return _into(np.where(x > t, x, _F32(0)), out)
+
+
+_FUNCTIONS: dict[str, _Unary] = {
+    "relu": lambda x, a, out: relu(x, out=out),
+    "relu6": lambda x, a, out: relu(x, max_value=6.0, out=out),
+    "leaky_relu": lambda x, a, out: leaky_relu(x, _param(a, 0.2), out=out),
+    "elu": lambda x, a, out: elu(x, _param(a, 1.0), out=out),
+    "selu": _selu,
+    "celu": _celu,
+    "gelu": _gelu,
+    "silu": _silu,
+    "swish": _silu,
+    "hard_silu": _hard_silu,
+    "hard_swish": _hard_silu,
+    "mish": _mish,
+    "sigmoid": lambda x, a, out: sigmoid(x, out=out),
+    "hard_sigmoid": _hard_sigmoid,
+    "sparse_sigmoid": _sparse_sigmoid,
+    "log_sigmoid": _log_sigmoid,
+    "tanh": lambda x, a, out: tanh(x, out=out),
+    "hard_tanh": _hard_tanh,
+    "tanh_shrink": _tanh_shrink,
+    "softplus": _softplus,
+    "softsign": _softsign,
+    "squareplus": _squareplus,
+    "sparse_plus": _sparse_plus,
+    "exponential": _exponential,
+    "soft_shrink": _soft_shrink,
+    "hard_shrink": _hard_shrink,
+    "threshold": _threshold,
+    "softmax": lambda x, a, out: softmax(x, out=out),
+    "log_softmax": lambda x, a, out: log_softmax(x, out=out),
+    "sparsemax": lambda x, a, out: sparsemax(x, out=out),
 }
+
+ACTIVATIONS: tuple[str, ...] = ("linear", *_FUNCTIONS, "glu")
+"""Every activation name :func:`activate` accepts (``None`` is the same as ``linear``):
+the functions of Keras 3.15's ``keras.activations`` and the aliases ``swish`` and
+``hard_swish``. All keep the input's shape except ``glu``, which halves the last axis."""
+
+ALPHA_DEFAULTS = {
+    "leaky_relu": 0.2, "elu": 1.0, "celu": 1.0, "squareplus": 4.0, "soft_shrink": 0.5,
+    "hard_shrink": 0.5, "threshold": 0.0,
+}
+"""The one parameter ``alpha`` sets, per activation name, and its Keras default: the
+negative slope, ELU/CELU's alpha, squareplus' b, the shrink thresholds, threshold's
+threshold (values at or below it become 0)."""
 
 
 def activate(
-    x: np.ndarray, name: str | None, alpha: float | None = None, *, inplace: bool = False
+    x: np.ndarray, name: str | None, alpha: float | None = None, inplace: bool = False
 ) -> np.ndarray:
-    """Apply the activation ``name`` (``None``/``"linear"``: identity); in place if asked.
+    """Apply the Keras activation ``name`` (``None``/``"linear"``: identity) in float32;
+    in place if asked (``glu`` never is: it halves the last axis).
 
-    ``alpha`` is the negative slope of ``leaky_relu`` (default 0.3) or the scale of
-    ``elu`` (default 1.0). Raises ModelError for an unknown name.
+    ``alpha`` is the parameter listed in :data:`ALPHA_DEFAULTS` (ignored by the others).
+    Softmax, log_softmax, sparsemax and glu work over the last axis. Raises ModelError for
+    an unknown name.
+
+    >>> activate(np.array([-4.0, 0.0, 1.5, 3.0], np.float32), "hard_sigmoid")
+    array([0.  , 0.5 , 0.75, 1.  ], dtype=float32)
     """
     if name is None or name == "linear":
         return x
+    if name == "glu":
+        return glu(x)
     function = _FUNCTIONS.get(name)
     if function is None:
         raise ModelError(
             f"Unknown value for `activation`. Allowed values are: {', '.join(ACTIVATIONS)}. "
             f"Received: activation={name}"
         )
-    out = x if inplace else None
-    if alpha is not None and name in ("leaky_relu", "elu"):
-        return function(x, alpha, out=out)
-    return function(x, out=out)
+    return function(x, alpha, x if inplace else None)
 
 
 def _finish(
@@ -280,6 +539,8 @@ def _finish(
     if bias is not None:
         block += bias
     if activation is not None and activation != "linear":
+        if activation == "glu":
+            raise ModelError("glu halves the channels, so it cannot be fused into a layer: apply it on its own")
         target = block if channels is None else block.reshape(-1, channels)
         activate(target, activation, alpha, inplace=True)
 

@@ -108,7 +108,7 @@ def test_conv2d_same_padding_keeps_size_and_puts_extra_at_bottom_right() -> None
     ("sigmoid", lambda z: 1 / (1 + np.exp(-z))),
     ("tanh", np.tanh),
     ("elu", lambda z: np.where(z > 0, z, np.expm1(z))),
-    ("leaky_relu", lambda z: np.where(z > 0, z, 0.3 * z)),
+    ("leaky_relu", lambda z: np.where(z > 0, z, 0.2 * z)),  # keras.activations.leaky_relu's default slope
     ("softmax", lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)),
 ])
 def test_conv2d_fused_activation(activation: str, reference) -> None:
@@ -327,8 +327,8 @@ def test_activations_by_hand() -> None:
     for name in ("relu", "sigmoid", "tanh", "elu", "softmax", "leaky_relu"):
         assert ops.activate(z, name).dtype == np.float32
     assert ops.activate(z, None) is z and ops.activate(z, "linear") is z
-    with pytest.raises(ModelError, match="Allowed values are: linear, relu.*Received: activation=swish"):
-        ops.activate(z, "swish")
+    with pytest.raises(ModelError, match="Allowed values are: linear, relu.*Received: activation=swishy"):
+        ops.activate(z, "swishy")
 
 
 def test_sigmoid_does_not_overflow() -> None:
