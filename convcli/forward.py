@@ -17,13 +17,11 @@ same keys and shapes as ``Model.param_shapes()`` and as the ``.npz`` weights fil
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
-import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,44 +104,41 @@ def load_weights(model: L.Model, path: str | Path) -> Params:
             extra, not numeric, or has the wrong shape (the message names the key, the
             expected and the found shape).
     """
+    from convcli import fileio
+
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise WeightsError(f"weights file {path} is a single array, not a .npz archive of named arrays")
-        with archive:
-            found = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise WeightsError(f"weights file {path} is not a readable .npz archive ({exc})") from None
     expected = model.param_shapes()
-    problems: list[str] = []
-    for key, shape in expected.items():
-        if key not in found:
-            problems.append(f"missing array '{key}' (expected shape {_shape_text(shape)})")
-        elif found[key].shape != shape:
-            problems.append(
-                f"array '{key}' has shape {_shape_text(found[key].shape)}, expected {_shape_text(shape)}"
-            )
-        elif not (np.issubdtype(found[key].dtype, np.floating) or np.issubdtype(found[key].dtype, np.integer)):
-            problems.append(f"array '{key}' has dtype {found[key].dtype}, expected numbers")
-    for key in found:
-        if key not in expected:
-            problems.append(
-                f"unexpected array '{key}' (shape {_shape_text(found[key].shape)}): the model has no such parameter"
-            )
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise WeightsError(f"weights file {path}: " + "; ".join(problems[:3]) + more)
-    return {key: np.ascontiguousarray(found[key], dtype=np.float32) for key in expected}
+    with fileio.open_npz(path, what="weights file", error=WeightsError) as archive:
+        # names, shapes and dtypes come from the members' headers: nothing is inflated
+        # before the archive is known to match the model
+        found = {key: shape for key, (shape, _dtype) in archive.members.items()}
+        problems: list[str] = []
+        for key, shape in expected.items():
+            if key not in found:
+                problems.append(f"missing array '{key}' (expected shape {_shape_text(shape)})")
+            elif found[key] != shape:
+                problems.append(
+                    f"array '{key}' has shape {_shape_text(found[key])}, expected {_shape_text(shape)}"
+                )
+            elif archive.members[key][1].kind not in "biuf":
+                problems.append(f"array '{key}' has dtype {archive.members[key][1]}, expected numbers")
+        for key, shape in found.items():
+            if key not in expected:
+                problems.append(
+                    f"unexpected array '{key}' (shape {_shape_text(shape)}): the model has no such parameter"
+                )
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise WeightsError(f"weights file {path}: " + "; ".join(problems[:3]) + more)
+        arrays = {key: archive.read(key) for key in expected}
+    return {key: np.ascontiguousarray(arrays[key], dtype=np.float32) for key in expected}
 
 
 def save_weights(params: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write ``params`` as a ``.npz`` archive, atomically (temporary file + rename): an
     existing file is replaced only once the new one is complete."""
     arrays = {key: np.asarray(value, np.float32) for key, value in params.items()}
-    _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays))
+    _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), "--save-weights")
 
 
 def _get(params: Mapping[str, np.ndarray], layer: L.Layer, param: str) -> np.ndarray:
@@ -477,15 +472,10 @@ def load_inputs(sources: list[str], input_shape: tuple[int, ...]) -> tuple[np.nd
 
 
 def _load_npy(source: str) -> np.ndarray:
-    try:
-        array = np.load(source, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"input {source} does not exist") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"input {source} is not a readable .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or not (
-        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool
-    ):
+    from convcli import fileio
+
+    array = fileio.load_npy(source, what="input")
+    if array.dtype.kind not in "biuf":
         raise InputError(f"input {source} does not hold a numeric array")
     return array.astype(np.float32, copy=False)
 
@@ -493,21 +483,13 @@ def _load_npy(source: str) -> np.ndarray:
 def save_array(array: np.ndarray, path: str | Path) -> None:
     """Write ``array`` as ``.npy`` atomically (temporary file in the same folder + rename)."""
     path = Path(path)
-    _atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False))
+    _atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False), "-o")
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"cannot write {path}: folder {folder} does not exist")
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def _atomic_write(path: Path, write: Callable[[Any], None], what: str = "output") -> None:
+    from convcli import fileio
+
+    fileio.write_file(path, write, what=what)
 
 
 # --------------------------------------------------------------------------------------
@@ -568,14 +550,13 @@ def save_feature_maps(
 ) -> list[Path]:
     """Write one PNG grid per entry ``(file stem, title, maps (H, W, D))`` into ``folder``
     (created if needed), each atomically. Returns the paths written."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"--save-maps: {folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    from convcli import fileio
+
+    folder = fileio.make_folder(folder, "--save-maps")
     written = []
     for stem, title, array in maps:
         image = feature_map_grid(array, title)
         path = folder / f"{stem}.png"
-        _atomic_write(path, lambda stream, image=image: image.save(stream, format="PNG"))  # type: ignore[attr-defined]
+        _atomic_write(path, lambda stream, image=image: image.save(stream, format="PNG"), "--save-maps")  # type: ignore[attr-defined]
         written.append(path)
     return written

@@ -13,8 +13,9 @@ Rules (the contract's § filter):
 - Integer outputs are rounded to nearest, then clipped to the depth's range; ``--abs``
   takes the absolute value first, ``--rescale`` maps the result's min..max onto the range.
 - ``.npy`` outputs hold the raw float32 result: no rounding, no clipping.
-- Files are written atomically: a temporary file in the destination's folder, then
-  ``os.replace``. An error never leaves a partial file nor touches an existing one.
+- Files are read and written through :mod:`convcli.fileio` (atomic replace, devices
+  written in place, normal modes). An error never leaves a partial file nor touches an
+  existing one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -96,34 +96,18 @@ def _label(source: str | Path) -> str:
 
 def _read_bytes(source: str | Path) -> bytes:
     """All bytes of a file or of stdin, with the errors a user can act on."""
-    if str(source) == "-":
-        data = sys.stdin.buffer.read()
-        if not data:
-            raise InputError("stdin is empty: expected an image or .npy file on standard input")
-        return data
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"No such file: '{path}'")
-    if path.is_dir():
-        raise InputError(f"'{path}' is a folder, expected an image file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"Cannot read '{path}': {exc.strerror or exc}") from None
-    if not data:
-        raise InputError(f"'{path}' is empty (0 bytes): expected an image")
-    return data
+    from convcli import fileio
+
+    return fileio.read_bytes(source, what="input")
 
 
 def _load_npy(raw: bytes, source: str | Path) -> LoadedImage:
-    try:
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on bad files
-        raise InputError(f"{_label(source)} is not a valid .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray) or array.ndim not in (2, 3):
-        shape = getattr(array, "shape", None)
+    from convcli import fileio
+
+    array = fileio.load_npy(raw, label=f"input {_label(source)}")
+    if array.ndim not in (2, 3):
         raise InputError(
-            f".npy input {_label(source)} must be an (H, W) or (H, W, C) array. Received shape {shape}"
+            f".npy input {_label(source)} must be an (H, W) or (H, W, C) array. Received shape {array.shape}"
         )
     if array.dtype.kind not in "biuf":
         raise InputError(
@@ -618,40 +602,21 @@ def write_image(
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
         return dropped
+    from convcli import fileio
+
     path = Path(dest)
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(f"Output folder '{folder}' does not exist")
     if path.is_dir():
         raise InputError(f"Output '{path}' is a folder; use --out-dir to write into a folder")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dropped = _encode_into(
-                stream,
-                data,
-                like=like,
-                fmt=fmt,
-                rescale=rescale,
-                absolute=absolute,
-                compress_level=compress_level,
-            )
-        os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give a normal file's mode
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return dropped
 
+    def encode(stream: BinaryIO) -> bool:
+        return _encode_into(
+            stream,
+            data,
+            like=like,
+            fmt=fmt,
+            rescale=rescale,
+            absolute=absolute,
+            compress_level=compress_level,
+        )
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
-_UMASK = _read_umask()
+    return fileio.write_file(path, encode, what="output")

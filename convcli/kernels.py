@@ -280,10 +280,9 @@ def parse_matrix(text: str, *, name: str = "inline", where: str | None = None) -
 
 
 def _load_npy(path: Path) -> Kernel:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise KernelError(f"{path}: not a readable .npy array ({exc})") from None
+    from convcli import fileio
+
+    array = fileio.load_npy(path, label=f"{path}", what="kernel file", error=KernelError)
     if array.ndim != 2 or array.size == 0:
         raise KernelError(f"{path}: a kernel must be a non-empty 2-D array. Received shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
@@ -342,13 +341,15 @@ def read_kernel_file(path: Path, *, builtin: bool = False) -> dict[str, Kernel |
     """
     import tomllib
 
+    from convcli import fileio
+
+    text = fileio.read_text(path, what="kernel file", error=KernelError)
     try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KernelError(f"{path}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise KernelError(f"{path}: cannot read kernel file ({exc.strerror})") from None
+    except RecursionError:
+        raise KernelError(f"{path}: not valid TOML (nested too deeply)") from None
 
     items: dict[str, Kernel | GradientPair] = {}
 
@@ -431,12 +432,15 @@ def _load_file(path: Path) -> Kernel | GradientPair:
             f"{path}: the file defines several kernels ({', '.join(items)}); put it in a folder "
             "given with --kernel-path and pick one by name"
         )
+    from convcli import fileio
+
+    data = fileio.read_bytes(path, what="kernel file", error=KernelError)
+    if fileio.sniff(data) == "npy":  # a .npy array under another name
+        return _load_npy(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KernelError(f"{path}: not a text matrix, a .toml kernel file or a .npy array") from None
-    except OSError as exc:
-        raise KernelError(f"{path}: cannot read kernel file ({exc.strerror})") from None
     kernel = parse_matrix(text, name=path.stem, where=str(path))
     return Kernel(
         name=path.stem,

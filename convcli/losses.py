@@ -29,7 +29,6 @@ float32 precision).
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Callable
@@ -354,11 +353,10 @@ def parse_values(text: str, *, label: str = "values") -> np.ndarray:
 
 
 def _from_npy_bytes(data: bytes, label: str) -> np.ndarray:
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{label}: not a readable .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+    from convcli import fileio
+
+    array = fileio.load_npy(data, label=label)
+    if array.dtype.kind not in "biuf":
         raise InputError(f"{label}: the .npy array must hold real numbers (got dtype {array.dtype})")
     array = array.astype(np.float64)
     return array.reshape(1) if array.ndim == 0 else array
@@ -399,10 +397,9 @@ def read_values(source: str, *, label: str = "values") -> np.ndarray:
     except OSError:  # e.g. a name too long to be a path: inline numbers
         is_file = is_dir = False
     if is_file:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InputError(f"{label}: cannot read {source}: {exc.strerror}") from None
+        from convcli import fileio
+
+        data = fileio.read_bytes(path, what=label)
         if source.lower().endswith(".npy"):
             return _from_npy_bytes(data, f"{label} ({source})")
         return values_from_bytes(data, label=f"{label} ({source})")  # also a .npy array by another name

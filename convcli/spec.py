@@ -458,12 +458,15 @@ def _read_document(
     path: Path, language: str, parse: Callable[[str], Any], syntax_error: type[Exception]
 ) -> Any:
     """Read and parse a model file (InputError when it cannot be read or parsed)."""
+    from convcli import fileio
+
+    text = fileio.read_text(path, what="model file")
     try:
-        return parse(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read model file {path}: {exc.strerror or exc}") from None
-    except (syntax_error, UnicodeDecodeError) as exc:
+        return parse(text)
+    except syntax_error as exc:
         raise InputError(f"{path}: not valid {language}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid {language}: nested too deeply") from None
 
 
 # --------------------------------------------------------------------------------------

@@ -790,8 +790,9 @@ def test_missing_output_folder(cli, tmp_path: Path) -> None:
     result = cli("filter", CAMERA, "-k", "box3", "-o", str(tmp_path / "nope" / "x.png"))
     assert result.exit_code == 2
     assert (
-        result.stderr.startswith("error: Output folder '")
-        and "nope' does not exist" in result.stderr
+        result.stderr.startswith("error: -o: cannot write ")
+        and "nope does not exist" in result.stderr
+        and result.stderr.count("\n") == 1
     )
     assert not (tmp_path / "nope").exists()
 

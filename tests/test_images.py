@@ -155,7 +155,7 @@ def test_bad_npy_arrays(tmp_path: Path, array: np.ndarray, match: str) -> None:
 
 def test_npy_with_a_bad_header(tmp_path: Path) -> None:
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(InputError, match="not a valid .npy"):
+    with pytest.raises(InputError, match="not a readable .npy"):
         read_image(tmp_path / "bad.npy")
 
 
@@ -163,7 +163,7 @@ def test_npy_with_a_bad_header(tmp_path: Path) -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(InputError, match="No such file: 'nowhere/x.png'"):
+    with pytest.raises(InputError, match="nowhere/x.png does not exist"):
         read_image("nowhere/x.png")
 
 
@@ -365,7 +365,7 @@ def test_png_writer_is_lossless_in_slices(
 
 def test_missing_output_folder(tmp_path: Path) -> None:
     loaded = read_image(SAMPLES / "camera.png")
-    with pytest.raises(InputError, match="Output folder '.*nope' does not exist"):
+    with pytest.raises(InputError, match="folder .*nope does not exist"):
         write_image(loaded.data, tmp_path / "nope" / "x.png", like=loaded)
 
 

@@ -24,6 +24,9 @@ __all__ = ["app", "fail", "main"]
 
 def main() -> None:
     """Console-script entry point."""
+    from convcli import fileio
+
+    fileio.install_signal_cleanup()
     try:
         app()
     except BrokenPipeError:  # e.g. `convcli kernels | head -1`

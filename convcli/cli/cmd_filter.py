@@ -142,6 +142,7 @@ def plan_jobs(
         InputError: a missing input or output folder, several inputs without --out-dir,
             two inputs with the same output name, an output over its own input.
     """
+    from convcli import fileio
     from convcli.images import extension_for, output_format
 
     if output is not None and out_dir is not None:
@@ -155,6 +156,8 @@ def plan_jobs(
                 )
             sources.append(item)
             continue
+        if item == "":
+            raise InputError("an empty name is not an input file")
         path = Path(item)
         if path.is_dir():
             if out_dir is None:
@@ -176,12 +179,12 @@ def plan_jobs(
             )
         dest = output if output is not None else "-"
         output_format(dest, fmt)  # fail early on an unknown format or extension
-        if dest != "-" and not Path(dest).parent.is_dir():
-            raise InputError(f"Output folder '{Path(dest).parent}' does not exist")
+        fileio.check_writable(dest, "-o")
         return [Job(sources[0], dest)]
 
     if not out_dir.is_dir():
         raise InputError(f"Output folder '{out_dir}' does not exist (--out-dir must exist)")
+    fileio.check_output_folder(out_dir, "--out-dir")
     suffix = extension_for(output_format("-", fmt)) if fmt is not None else None
     jobs: list[Job] = []
     taken: dict[Path, str] = {}

@@ -68,15 +68,13 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _check_output(path: Path | None, suffix: str, option: str) -> None:
+    from convcli import fileio
+
     if path is None:
         return
     if path.suffix.lower() != suffix:
         raise InputError(f"{option} writes a {suffix} file; give a name ending in {suffix}. Received: {path}")
-    if path.is_dir():
-        raise InputError(f"{option}: {path} is a folder")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{option}: folder {folder} does not exist")
+    fileio.check_writable(path, option)
 
 
 def _display_path(path: Path) -> str:
@@ -207,8 +205,10 @@ def run_command(
     model.shapes()
     _check_output(output, ".npy", "-o")
     _check_output(save_weights, ".npz", "--save-weights")
-    if save_maps is not None and save_maps.exists() and not save_maps.is_dir():
-        raise InputError(f"--save-maps: {save_maps} exists and is not a folder")
+    if save_maps is not None:
+        from convcli import fileio
+
+        fileio.check_output_folder(save_maps, "--save-maps")
     if batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer. Received: {batch_size}")
 
