@@ -1,0 +1,700 @@
+"""The backward passes: for every forward of :mod:`convcli.ops`, the gradients of a loss
+with respect to the forward's inputs and parameters, given the gradient of its output.
+
+This is the lecture's backpropagation: the error at a layer's output is sent back through
+the derivative of its computation, one layer at a time, and each weight moves by its share.
+Every function here is pure: it receives the forward's inputs (and what the forward saved,
+such as an activation's output or dropout's mask) and the output gradient, and returns
+new arrays. Arrays keep their precision: float32 in, float32 out; float64 anywhere in,
+float64 out (the gradient checks run in float64).
+
+Convolution, as in the forward, goes through im2col: the windows of the padded batch are
+copied into a matrix ``X`` (one row per output position, columns in the kernel's
+``(f_h, f_w, c)`` order) and with ``G`` the output gradient as an ``(M, K)`` matrix,
+
+- the kernel gradient is ``X^T @ G``, one matrix product (summed over chunks);
+- the input gradient is the transposed correlation: ``G @ W^T`` gives, for every window,
+  what each of its pixels receives, and those rows are added back onto the image (col2im),
+  one strided slice per kernel offset;
+- the bias gradient is the sum of ``G`` over the positions.
+
+Large batches are processed in chunks whose im2col matrix stays under the same budget as
+the forward's (:data:`convcli.ops.CHUNK_BYTES`). No Python loop runs over output positions:
+the loops are over chunks and over the few offsets inside one window.
+
+Ties follow PyTorch (which Keras' torch backend calls): max pooling sends the gradient to
+the first maximum of each window in row-major order; global max pooling splits it evenly
+between equal maxima (``torch.amax``); the derivative of ReLU at 0 is 0.
+
+>>> x = np.array([[1.0, 2.0]]); kernel = np.array([[3.0], [4.0]])
+>>> dx, dkernel, dbias = dense_backward(x, kernel, np.array([[1.0]]))
+>>> dx.tolist(), dkernel.ravel().tolist(), dbias.tolist()
+([[3.0, 4.0]], [1.0, 2.0], [1.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from convcli import geometry, losses, ops
+from convcli.errors import InputError, ModelError, ShapeError
+
+__all__ = [
+    "BatchNormState",
+    "activation_backward",
+    "add_backward",
+    "avg_pool2d_backward",
+    "batch_norm_backward",
+    "batch_norm_train",
+    "concatenate_backward",
+    "conv2d_backward",
+    "dense_backward",
+    "dropout_backward",
+    "dropout_mask",
+    "flatten_backward",
+    "global_avg_pool2d_backward",
+    "global_max_pool2d_backward",
+    "locally_connected2d_backward",
+    "loss_gradient",
+    "max_pool2d_backward",
+    "zero_pad2d_backward",
+]
+
+Pair = tuple[int, int]
+PoolPadding = Literal["valid", "same"]
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def _dtype(*arrays: object) -> np.dtype[np.floating]:
+    """float64 when any argument is float64, else float32 (the forward's precision)."""
+    for a in arrays:
+        if a is not None and np.asarray(a).dtype == np.float64:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _array(a: object, dtype: np.dtype[np.floating], ndim: int | None, what: str) -> np.ndarray:
+    arr = np.ascontiguousarray(a, dtype=dtype)
+    if ndim is not None and arr.ndim != ndim:
+        layout = "(N, H, W, C)" if ndim == 4 else "(N, units)"
+        raise ShapeError(f"{what} needs a batch of shape {layout}. Received: an array of shape {arr.shape}")
+    return arr
+
+
+def _pair(value: int | Sequence[int] | None, default: Pair, what: str) -> Pair:
+    if value is None:
+        return default
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    else:
+        pair = (int(value[0]), int(value[1]))
+    if pair[0] < 1 or pair[1] < 1:
+        raise ShapeError(f"`{what}` must be positive integers. Received: {what}={value!r}")
+    return pair
+
+
+def _check_grad(grad: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    if grad.shape != shape:
+        raise ShapeError(
+            f"{what}: the output gradient must have the forward's output shape {shape}. "
+            f"Received: shape {grad.shape}"
+        )
+
+
+def _chunk_plan(n: int, out_rows: int, row_bytes: int, budget: int) -> tuple[int, int]:
+    """(samples per chunk, output rows per chunk) so that one chunk's im2col fits ``budget``:
+    whole samples when one sample fits, else blocks of output rows of one sample."""
+    per_sample = max(out_rows * row_bytes, 1)
+    if per_sample <= budget:
+        return max(1, min(n, budget // per_sample)), out_rows
+    return 1, max(1, min(out_rows, budget // max(row_bytes, 1)))
+
+
+def _budget(chunk_bytes: int | None, cols_per_row: int, itemsize: int) -> int:
+    """The forward's rule: :data:`ops.CHUNK_BYTES`, but room for 2048 rows, never above
+    :data:`ops.IM2COL_BUDGET_BYTES`."""
+    if chunk_bytes is None:
+        return min(max(ops.CHUNK_BYTES, 2048 * cols_per_row * itemsize), ops.IM2COL_BUDGET_BYTES)
+    if chunk_bytes < 1:
+        raise ShapeError(f"`chunk_bytes` must be positive. Received: chunk_bytes={chunk_bytes}")
+    return min(int(chunk_bytes), ops.IM2COL_BUDGET_BYTES)
+
+
+def _window_view(xp: np.ndarray, kernel: Pair, strides: Pair, dilation: Pair, out_hw: Pair) -> np.ndarray:
+    """Read-only view ``(n, OH, OW, F_h, F_w, C)`` of every window of the padded batch."""
+    (fh, fw), (sh, sw), (dh, dw), (oh, ow) = kernel, strides, dilation, out_hw
+    eh, ew = geometry.effective_kernel(fh, dh), geometry.effective_kernel(fw, dw)
+    view = sliding_window_view(xp, (eh, ew), axis=(1, 2))  # (n, ., ., C, eh, ew)
+    view = view[:, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, :, ::dh, ::dw]
+    return view.transpose(0, 1, 2, 4, 5, 3)
+
+
+def _col2im_add(
+    target: np.ndarray, cols: np.ndarray, row0: int, strides: Pair, dilation: Pair
+) -> None:
+    """Add the window rows ``cols`` (g, R, OW, F_h, F_w, C), for output rows starting at
+    ``row0``, back onto the padded batch ``target`` (g, Hp, Wp, C): one strided slice per
+    kernel offset, so overlapping windows accumulate."""
+    _, rows, ow, fh, fw, _ = cols.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    for i in range(fh):
+        top = row0 * sh + i * dh
+        for j in range(fw):
+            left = j * dw
+            target[:, top : top + (rows - 1) * sh + 1 : sh, left : left + (ow - 1) * sw + 1 : sw, :] += cols[
+                :, :, :, i, j, :
+            ]
+
+
+def _crop(padded: np.ndarray, pads: tuple[int, int, int, int], hw: Pair) -> np.ndarray:
+    top, _, left, _ = pads
+    return np.ascontiguousarray(padded[:, top : top + hw[0], left : left + hw[1], :])
+
+
+# --------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------
+
+
+def activation_backward(
+    name: str | None, output: np.ndarray, grad: np.ndarray, alpha: float | None = None
+) -> np.ndarray:
+    """Gradient with respect to the activation's input, from its OUTPUT and the output
+    gradient (the fused ``activation=`` of conv/dense keeps only its output).
+
+    - relu: ``g`` where the output is positive (0 at 0, as PyTorch);
+    - leaky_relu: ``g`` where positive, ``alpha * g`` elsewhere (alpha default 0.3, must
+      be >= 0 as Keras requires, or the sign of the input could not be read from the output);
+    - sigmoid: ``g * s * (1 - s)``; tanh: ``g * (1 - t^2)``;
+    - elu: ``g`` where positive, ``g * (out + alpha)`` elsewhere (alpha * e^z = out + alpha);
+    - softmax (last axis): ``s * (g - sum(g * s))``.
+
+    >>> activation_backward("tanh", np.array([0.5]), np.array([2.0])).tolist()
+    [1.5]
+
+    Raises:
+        ModelError: an unknown activation or a negative leaky_relu alpha.
+    """
+    dtype = _dtype(output, grad)
+    out = np.asarray(output, dtype=dtype)
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, out.shape, f"activation {name}")
+    if name is None or name == "linear":
+        return g.copy()
+    zero = dtype.type(0)
+    if name == "relu":
+        return np.where(out > zero, g, zero)
+    if name == "leaky_relu":
+        a = 0.3 if alpha is None else float(alpha)
+        if a < 0:
+            raise ModelError(f"leaky_relu: the negative slope must be >= 0 to train. Received: alpha={a}")
+        return np.where(out > zero, g, g * dtype.type(a))
+    if name == "sigmoid":
+        return g * out * (dtype.type(1) - out)
+    if name == "tanh":
+        return g * (dtype.type(1) - out * out)
+    if name == "elu":
+        a = 1.0 if alpha is None else float(alpha)
+        if a <= 0:
+            raise ModelError(f"elu: alpha must be > 0 to train. Received: alpha={a}")
+        return np.where(out > zero, g, g * (out + dtype.type(a)))
+    if name == "softmax":
+        return out * (g - np.sum(g * out, axis=-1, keepdims=True))
+    raise ModelError(
+        f"Unknown value for `activation`. Allowed values are: {', '.join(ops.ACTIVATIONS)}. "
+        f"Received: activation={name}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Convolution and locally connected layers
+# --------------------------------------------------------------------------------------
+
+
+def conv2d_backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    strides: int | Pair = 1,
+    padding: ops.Padding = "valid",
+    dilation: int | Pair = 1,
+    use_bias: bool = True,
+    chunk_bytes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.conv2d` (before its activation: apply
+    :func:`activation_backward` first for a fused one).
+
+    Args:
+        x: the forward's input (N, H, W, C). kernel: (F_h, F_w, C, K).
+        grad: gradient of the loss with respect to the output (N, OH, OW, K).
+        strides, padding, dilation: as given to the forward.
+        use_bias: whether the layer has a bias (else the third result is None).
+        chunk_bytes: im2col budget per chunk (default as the forward).
+
+    Returns:
+        (dx (N, H, W, C), dkernel (F_h, F_w, C, K), dbias (K,) or None).
+
+    >>> dx, dk, db = conv2d_backward(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1)), np.ones((1, 2, 2, 1)))
+    >>> dx[0, :, :, 0].tolist(), dk.ravel().tolist(), db.tolist()
+    ([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], [4.0, 4.0, 4.0, 4.0], [4.0])
+    """
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 4, "conv2d_backward")
+    kernel = _array(kernel, dtype, None, "conv2d_backward")
+    if kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ShapeError(
+            f"conv2d_backward: the kernel must be (F_h, F_w, {x.shape[3]}, K) for an input of depth "
+            f"{x.shape[3]}. Received: kernel shape {kernel.shape}"
+        )
+    n, h, w, c = x.shape
+    fh, fw, _, k = kernel.shape
+    strides_ = _pair(strides, (1, 1), "strides")
+    dilation_ = _pair(dilation, (1, 1), "dilation")
+    pads = ops.resolve_padding((h, w), (fh, fw), strides_, padding, dilation_)
+    top, bottom, left, right = pads
+    hp, wp = h + top + bottom, w + left + right
+    eh, ew = geometry.effective_kernel(fh, dilation_[0]), geometry.effective_kernel(fw, dilation_[1])
+    if hp < eh or wp < ew:
+        raise ShapeError(f"conv2d_backward: the kernel {eh}x{ew} is larger than the padded input {hp}x{wp}")
+    oh, ow = (hp - eh) // strides_[0] + 1, (wp - ew) // strides_[1] + 1
+    g = _array(grad, dtype, 4, "conv2d_backward")
+    _check_grad(g, (n, oh, ow, k), "conv2d_backward")
+
+    cols_per_row = fh * fw * c
+    weights = kernel.reshape(cols_per_row, k)
+    dweights = np.zeros((cols_per_row, k), dtype)
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))) if any(pads) else x
+    dxp = np.zeros((n, hp, wp, c), dtype)
+    view = _window_view(xp, (fh, fw), strides_, dilation_, (oh, ow))
+    budget = _budget(chunk_bytes, cols_per_row, dtype.itemsize)
+    samples, rows = _chunk_plan(n, oh, ow * cols_per_row * dtype.itemsize, budget)
+    buffer = np.empty(samples * rows * ow * cols_per_row, dtype)
+    for n0 in range(0, n, samples):
+        n1 = min(n, n0 + samples)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            part = view[n0:n1, r0:r1]
+            m = (n1 - n0) * (r1 - r0) * ow
+            cols = buffer[: m * cols_per_row].reshape(m, cols_per_row)
+            np.copyto(cols.reshape(part.shape), part)
+            g_block = g[n0:n1, r0:r1].reshape(m, k)
+            dweights += cols.T @ g_block
+            np.matmul(g_block, weights.T, out=cols)  # the buffer now holds the window gradients
+            _col2im_add(dxp[n0:n1], cols.reshape(part.shape), r0, strides_, dilation_)
+    dbias = g.sum(axis=(0, 1, 2)) if use_bias else None
+    return _crop(dxp, pads, (h, w)), dweights.reshape(fh, fw, c, k), dbias
+
+
+def locally_connected2d_backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    kernel_size: int | Pair,
+    strides: int | Pair = 1,
+    use_bias: bool = True,
+    chunk_bytes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.locally_connected2d` (valid padding, before its
+    activation).
+
+    Args:
+        x: (N, H, W, C). kernel: (OH * OW, F_h * F_w * C, K), Keras' layout.
+        grad: (N, OH, OW, K).
+
+    Returns:
+        (dx (N, H, W, C), dkernel like ``kernel``, dbias (OH, OW, K) or None).
+
+    Each output position has its own weights, so the kernel gradient is one small product
+    per position (``X_p^T @ G_p`` over the samples), all in one batched matmul.
+    """
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 4, "locally_connected2d_backward")
+    fh, fw = _pair(kernel_size, (1, 1), "kernel_size")
+    strides_ = _pair(strides, (1, 1), "strides")
+    n, h, w, c = x.shape
+    if h < fh or w < fw:
+        raise ShapeError(f"locally_connected2d_backward: the window {fh}x{fw} is larger than the input {h}x{w}")
+    oh, ow = (h - fh) // strides_[0] + 1, (w - fw) // strides_[1] + 1
+    cols_per_row = fh * fw * c
+    kernel = _array(kernel, dtype, None, "locally_connected2d_backward")
+    if kernel.ndim != 3 or kernel.shape[:2] != (oh * ow, cols_per_row):
+        raise ShapeError(
+            f"locally_connected2d_backward: the kernel must be ({oh * ow}, {cols_per_row}, K) for input "
+            f"{h}x{w}x{c}. Received: kernel shape {kernel.shape}"
+        )
+    k = kernel.shape[2]
+    g = _array(grad, dtype, 4, "locally_connected2d_backward")
+    _check_grad(g, (n, oh, ow, k), "locally_connected2d_backward")
+    positions = kernel.reshape(oh, ow, cols_per_row, k)
+    dkernel = np.zeros((oh, ow, cols_per_row, k), dtype)
+    dx = np.zeros_like(x)
+    view = _window_view(x, (fh, fw), strides_, (1, 1), (oh, ow))
+    budget = _budget(chunk_bytes, cols_per_row, dtype.itemsize)
+    samples, rows = _chunk_plan(n, oh, ow * cols_per_row * dtype.itemsize, budget)
+    for n0 in range(0, n, samples):
+        n1 = min(n, n0 + samples)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            part = view[n0:n1, r0:r1]
+            b, p = n1 - n0, (r1 - r0) * ow
+            cols = np.ascontiguousarray(part).reshape(b, p, cols_per_row).transpose(1, 0, 2)  # (p, b, FFC)
+            g_block = g[n0:n1, r0:r1].reshape(b, p, k).transpose(1, 0, 2)  # (p, b, K)
+            w_block = positions[r0:r1].reshape(p, cols_per_row, k)
+            dkernel[r0:r1] += np.matmul(cols.transpose(0, 2, 1), g_block).reshape(r1 - r0, ow, cols_per_row, k)
+            dcols = np.matmul(g_block, w_block.transpose(0, 2, 1))  # (p, b, FFC)
+            _col2im_add(dx[n0:n1], dcols.transpose(1, 0, 2).reshape(part.shape), r0, strides_, (1, 1))
+    dbias = g.sum(axis=0) if use_bias else None
+    return dx, dkernel.reshape(kernel.shape), dbias
+
+
+# --------------------------------------------------------------------------------------
+# Pooling and reshaping
+# --------------------------------------------------------------------------------------
+
+
+def _pool_geometry(
+    h: int, w: int, size: Pair, strides: Pair, padding: PoolPadding
+) -> tuple[tuple[int, int, int, int], int, int]:
+    """Pads and output size exactly as :func:`convcli.ops.max_pool2d` computes them."""
+    if padding == "same":
+        top, bottom = geometry.same_padding(h, size[0], strides[0])
+        left, right = geometry.same_padding(w, size[1], strides[1])
+        return (top, bottom, left, right), -(-h // strides[0]), -(-w // strides[1])
+    if padding != "valid":
+        raise ShapeError(
+            f"Unknown value for `padding`. Allowed values are: valid, same. Received: padding={padding!r}"
+        )
+    if h < size[0] or w < size[1]:
+        raise ShapeError(f"pooling: the window {size[0]}x{size[1]} is larger than the input {h}x{w}")
+    return (0, 0, 0, 0), (h - size[0]) // strides[0] + 1, (w - size[1]) // strides[1] + 1
+
+
+def _offset_slice(i: int, j: int, strides: Pair, out_hw: Pair) -> tuple[slice, slice, slice, slice]:
+    """The slice of the padded batch seen by offset (i, j) of every window."""
+    (sh, sw), (oh, ow) = strides, out_hw
+    return slice(None), slice(i, i + (oh - 1) * sh + 1, sh), slice(j, j + (ow - 1) * sw + 1, sw), slice(None)
+
+
+def max_pool2d_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
+    pool_size: int | Pair = 2,
+    strides: int | Pair | None = None,
+    padding: PoolPadding = "valid",
+) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.max_pool2d` with respect to its input: each window's
+    gradient goes to the position of its maximum (the first one in row-major order when
+    several are equal, as PyTorch's max_pool2d); overlapping windows add up.
+
+    The maxima are recomputed from ``x`` (the forward keeps no argmax), one comparison per
+    offset inside the window.
+
+    >>> x = np.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+    >>> max_pool2d_backward(x, np.ones((1, 1, 1, 1)))[0, :, :, 0].tolist()
+    [[0.0, 1.0], [0.0, 0.0]]
+    """
+    dtype = _dtype(x, grad)
+    x = _array(x, dtype, 4, "max_pool2d_backward")
+    size = _pair(pool_size, (2, 2), "pool_size")
+    strides_ = _pair(strides, size, "strides")
+    n, h, w, c = x.shape
+    pads, oh, ow = _pool_geometry(h, w, size, strides_, padding)
+    g = _array(grad, dtype, 4, "max_pool2d_backward")
+    _check_grad(g, (n, oh, ow, c), "max_pool2d_backward")
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf) if any(pads) else x
+    offsets = [_offset_slice(i, j, strides_, (oh, ow)) for i in range(size[0]) for j in range(size[1])]
+    out = np.array(xp[offsets[0]], copy=True)
+    for where in offsets[1:]:
+        np.maximum(out, xp[where], out=out)
+    dxp = np.zeros(xp.shape, dtype)
+    taken = np.zeros(out.shape, bool)
+    zero = dtype.type(0)
+    for where in offsets:
+        first = (xp[where] == out) & ~taken
+        dxp[where] += np.where(first, g, zero)
+        taken |= first
+    return _crop(dxp, pads, (h, w))
+
+
+def avg_pool2d_backward(
+    x_shape: tuple[int, ...],
+    grad: np.ndarray,
+    pool_size: int | Pair = 2,
+    strides: int | Pair | None = None,
+    padding: PoolPadding = "valid",
+) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.avg_pool2d` with respect to its input (of shape
+    ``x_shape``): each window's gradient is shared equally by the pixels it averaged
+    (with "same", only its real pixels: the padding is not counted, as in Keras).
+
+    >>> avg_pool2d_backward((1, 2, 2, 1), np.full((1, 1, 1, 1), 4.0))[0, :, :, 0].tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    n, h, w, c = (int(s) for s in x_shape)
+    size = _pair(pool_size, (2, 2), "pool_size")
+    strides_ = _pair(strides, size, "strides")
+    pads, oh, ow = _pool_geometry(h, w, size, strides_, padding)
+    dtype = _dtype(grad)
+    g = _array(grad, dtype, 4, "avg_pool2d_backward")
+    _check_grad(g, (n, oh, ow, c), "avg_pool2d_backward")
+    if any(pads):
+        counts_h = np.minimum(np.arange(oh) * strides_[0] - pads[0] + size[0], h) - np.maximum(
+            np.arange(oh) * strides_[0] - pads[0], 0
+        )
+        counts_w = np.minimum(np.arange(ow) * strides_[1] - pads[2] + size[1], w) - np.maximum(
+            np.arange(ow) * strides_[1] - pads[2], 0
+        )
+        share = g / np.outer(counts_h, counts_w).astype(dtype)[None, :, :, None]
+    else:
+        share = g * dtype.type(1.0 / (size[0] * size[1]))
+    dxp = np.zeros((n, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            dxp[_offset_slice(i, j, strides_, (oh, ow))] += share
+    return _crop(dxp, pads, (h, w))
+
+
+def global_avg_pool2d_backward(x_shape: tuple[int, ...], grad: np.ndarray) -> np.ndarray:
+    """Gradient of the mean over height and width: ``grad / (H * W)`` at every pixel."""
+    n, h, w, c = (int(s) for s in x_shape)
+    dtype = _dtype(grad)
+    g = _array(grad, dtype, 2, "global_avg_pool2d_backward")
+    _check_grad(g, (n, c), "global_avg_pool2d_backward")
+    return np.ascontiguousarray(np.broadcast_to((g * dtype.type(1.0 / (h * w)))[:, None, None, :], (n, h, w, c)))
+
+
+def global_max_pool2d_backward(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Gradient of the maximum over height and width: split evenly between the pixels equal
+    to the maximum (``torch.amax``, which Keras' GlobalMaxPooling2D calls on torch)."""
+    dtype = _dtype(x, grad)
+    x = _array(x, dtype, 4, "global_max_pool2d_backward")
+    g = _array(grad, dtype, 2, "global_max_pool2d_backward")
+    _check_grad(g, (x.shape[0], x.shape[3]), "global_max_pool2d_backward")
+    is_max = x == x.max(axis=(1, 2), keepdims=True)
+    count = is_max.sum(axis=(1, 2), keepdims=True)
+    return np.where(is_max, g[:, None, None, :] / count.astype(dtype), dtype.type(0))
+
+
+def flatten_backward(x_shape: tuple[int, ...], grad: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.flatten`: the output gradient back in the input's shape."""
+    g = np.asarray(grad, dtype=_dtype(grad))
+    if g.size != int(np.prod(x_shape)):
+        raise ShapeError(f"flatten_backward: a gradient of shape {g.shape} cannot take the shape {tuple(x_shape)}")
+    return np.ascontiguousarray(g).reshape(x_shape)
+
+
+def zero_pad2d_backward(grad: np.ndarray, padding: tuple[int, int, int, int]) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.zero_pad2d`: the padding's gradient is dropped."""
+    g = _array(grad, _dtype(grad), 4, "zero_pad2d_backward")
+    top, bottom, left, right = (int(p) for p in padding)
+    _, hp, wp, _ = g.shape
+    return _crop(g, (top, bottom, left, right), (hp - top - bottom, wp - left - right))
+
+
+# --------------------------------------------------------------------------------------
+# Flat layers, batch normalisation, dropout, merges
+# --------------------------------------------------------------------------------------
+
+
+def dense_backward(
+    x: np.ndarray, kernel: np.ndarray, grad: np.ndarray, *, use_bias: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.dense` (before its activation): ``dx = G @ W^T``,
+    ``dW = x^T @ G``, ``db = sum of G over the batch``."""
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 2, "dense_backward")
+    kernel = _array(kernel, dtype, 2, "dense_backward")
+    if kernel.shape[0] != x.shape[1]:
+        raise ShapeError(
+            f"dense_backward: the kernel must be ({x.shape[1]}, units). Received: kernel shape {kernel.shape}"
+        )
+    g = _array(grad, dtype, 2, "dense_backward")
+    _check_grad(g, (x.shape[0], kernel.shape[1]), "dense_backward")
+    return g @ kernel.T, x.T @ g, (g.sum(axis=0) if use_bias else None)
+
+
+@dataclass(frozen=True)
+class BatchNormState:
+    """What :func:`batch_norm_train` saves for the backward, and the updated moving averages."""
+
+    normalized: np.ndarray
+    """(x - batch mean) / sqrt(batch variance + epsilon), the input's shape."""
+    inverse_std: np.ndarray
+    """1 / sqrt(batch variance + epsilon), one per channel."""
+    gamma: np.ndarray
+    moving_mean: np.ndarray
+    """Keras' update: moving_mean * momentum + batch mean * (1 - momentum)."""
+    moving_variance: np.ndarray
+    """Likewise with the batch's biased variance (divided by the count, as Keras)."""
+
+
+def batch_norm_train(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    moving_mean: np.ndarray,
+    moving_variance: np.ndarray,
+    *,
+    momentum: float = 0.99,
+    epsilon: float = 1e-3,
+) -> tuple[np.ndarray, BatchNormState]:
+    """Batch normalisation in training mode (Keras ``BatchNormalization``, training=True):
+    normalise with the batch's own mean and biased variance over every axis but the last,
+    scale and shift, and update the moving averages (momentum 0.99, epsilon 1e-3 by default).
+
+    Returns:
+        (the output, the state for :func:`batch_norm_backward` with the new moving averages).
+
+    >>> out, state = batch_norm_train(np.array([[0.0], [2.0]]), np.ones(1), np.zeros(1),
+    ...                               np.zeros(1), np.ones(1), epsilon=0.0)
+    >>> out.ravel().tolist(), state.moving_mean.round(6).tolist(), state.moving_variance.tolist()
+    ([-1.0, 1.0], [0.01], [1.0])
+    """
+    dtype = _dtype(x, gamma, beta)
+    x = np.asarray(x, dtype=dtype)
+    d = x.shape[-1]
+    params = [np.asarray(p, dtype=dtype) for p in (gamma, beta, moving_mean, moving_variance)]
+    for key, p in zip(("gamma", "beta", "moving_mean", "moving_variance"), params):
+        if p.shape != (d,):
+            raise ShapeError(f"batch_norm_train: `{key}` must have shape ({d},). Received: shape {p.shape}")
+    gamma_, beta_, mean0, var0 = params
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    centred = x - mean.astype(dtype)
+    variance = np.mean(np.square(centred, dtype=np.float64), axis=axes)
+    inverse_std = (1.0 / np.sqrt(variance + epsilon)).astype(dtype)
+    normalized = centred * inverse_std
+    out = normalized * gamma_ + beta_
+    m = dtype.type(momentum)
+    state = BatchNormState(
+        normalized=normalized,
+        inverse_std=inverse_std,
+        gamma=gamma_,
+        moving_mean=mean0 * m + mean.astype(dtype) * (dtype.type(1) - m),
+        moving_variance=var0 * m + variance.astype(dtype) * (dtype.type(1) - m),
+    )
+    return out, state
+
+
+def batch_norm_backward(
+    grad: np.ndarray, state: BatchNormState
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`batch_norm_train`: (dx, dgamma, dbeta). The batch statistics
+    depend on every sample, so ``dx = gamma / std * (g - mean(g) - x_hat * mean(g * x_hat))``
+    (means over every axis but the last)."""
+    xhat = state.normalized
+    dtype = xhat.dtype
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, xhat.shape, "batch_norm_backward")
+    axes = tuple(range(g.ndim - 1))
+    dbeta = g.sum(axis=axes)
+    dgamma = (g * xhat).sum(axis=axes)
+    count = dtype.type(g.size // g.shape[-1])
+    dx = (state.gamma * state.inverse_std) * (g - dbeta / count - xhat * (dgamma / count))
+    return dx, dgamma, dbeta
+
+
+def dropout_mask(shape: tuple[int, ...], rate: float, rng: np.random.Generator) -> np.ndarray:
+    """The units :func:`convcli.ops.dropout` keeps in training, drawn the same way: with the
+    same generator state, ``ops.dropout(x, rate, training=True, rng=...)`` equals
+    ``x * mask / (1 - rate)``. True means kept."""
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"dropout: `rate` must be in [0, 1). Received: rate={rate}")
+    if rate == 0.0:
+        return np.ones(shape, bool)
+    return rng.random(shape, dtype=np.float32) >= np.float32(rate)
+
+
+def dropout_backward(grad: np.ndarray, mask: np.ndarray, rate: float) -> np.ndarray:
+    """Gradient of inverted dropout: the kept units pass ``grad / (1 - rate)``, the dropped
+    ones pass nothing (the lecture's disconnected units do not learn from this batch)."""
+    dtype = _dtype(grad)
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, np.shape(mask), "dropout_backward")
+    if rate == 0.0:
+        return g.copy()
+    scale = dtype.type(np.float32(1.0 / (1.0 - rate)))  # the forward's float32 factor
+    return np.where(mask, g * scale, dtype.type(0))
+
+
+def add_backward(grad: np.ndarray, count: int) -> list[np.ndarray]:
+    """Gradient of an element-wise sum of ``count`` inputs: each receives ``grad``."""
+    g = np.asarray(grad)
+    return [g.copy() for _ in range(count)]
+
+
+def concatenate_backward(grad: np.ndarray, sizes: Sequence[int], axis: int = -1) -> list[np.ndarray]:
+    """Gradient of a concatenation along ``axis`` of inputs ``sizes`` wide on that axis:
+    the output gradient cut back into the inputs' pieces."""
+    g = np.asarray(grad)
+    if sum(sizes) != g.shape[axis]:
+        raise ShapeError(
+            f"concatenate_backward: the inputs' sizes {list(sizes)} do not add up to the gradient's "
+            f"{g.shape[axis]} on axis {axis}"
+        )
+    return [np.ascontiguousarray(p) for p in np.split(g, np.cumsum(sizes)[:-1], axis=axis)]
+
+
+# --------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------
+
+
+def loss_gradient(name: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`convcli.losses.compute` (the loss averaged over the samples, Keras'
+    default reduction) with respect to ``y_pred``, in float64, shaped like ``y_pred``.
+
+    Clipping follows Keras on its torch backend: where a prediction is clipped (cross-entropy's
+    [1e-7, 1 - 1e-7], msle's floor at 1e-7) its gradient is 0; exactly at a bound it passes
+    (torch.clamp), and msle's max(p, 1e-7) passes half at equality (torch.maximum). The
+    derivative of |y - p| at y = p is 0.
+
+    >>> loss_gradient("mse", [[1.0, 0.0]], [[0.5, 0.5]]).tolist()
+    [[-0.5, 0.5]]
+
+    Raises:
+        InputError: an unknown loss, shapes that differ, non-finite values, or (categorical
+            cross-entropy) a row of predictions whose sum is not positive.
+    """
+    key = losses.resolve_name(name)
+    y, p = losses.prepare(y_true, y_pred)
+    if key == "categorical-crossentropy":
+        losses.categorical_crossentropy(y, p)  # its checks: two classes, positive row sums
+    width = p.shape[-1]
+    scale = 1.0 / (p.size // width)  # the mean over samples
+    eps = losses.EPSILON
+    if key == "mse":
+        d = 2.0 * (p - y) / width
+    elif key == "mae":
+        d = np.sign(p - y) / width
+    elif key == "mape":
+        d = 100.0 * np.sign(p - y) / np.maximum(np.abs(y), eps) / width
+    elif key == "msle":
+        floored = np.maximum(p, eps)
+        passes = np.where(p > eps, 1.0, np.where(p == eps, 0.5, 0.0))
+        d = 2.0 * (np.log1p(floored) - np.log1p(np.maximum(y, eps))) / (1.0 + floored) * passes / width
+    elif key == "binary-crossentropy":
+        c = np.clip(p, eps, 1.0 - eps)
+        inside = (p >= eps) & (p <= 1.0 - eps)
+        d = np.where(inside, (c - y) / (c * (1.0 - c)), 0.0) / width
+    elif key == "categorical-crossentropy":
+        sums = p.sum(axis=-1, keepdims=True)
+        q = p / sums
+        inside = (q >= eps) & (q <= 1.0 - eps)
+        dq = np.where(inside, -y / np.clip(q, eps, 1.0 - eps), 0.0)  # d loss / d q
+        d = (dq - np.sum(dq * q, axis=-1, keepdims=True)) / sums  # through q = p / sum(p)
+    else:  # pragma: no cover - resolve_name admits only the six
+        raise InputError(f"no gradient for loss {key}")
+    return (d * scale).reshape(np.shape(y_pred))
