@@ -38,7 +38,7 @@ def keras_same(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
 
 def conv_ref(x, kernel, bias, strides, pads, dilation):
     """Per output position: the dilated window of the zero-padded input against the kernel."""
-    n, h, w, c = x.shape
+    n = x.shape[0]
     fh, fw, _, k = kernel.shape
     top, bottom, left, right = pads
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -56,7 +56,7 @@ def conv_ref(x, kernel, bias, strides, pads, dilation):
 
 def local_ref(x, kernel, bias, size, strides):
     """Per output position, its own weights (Keras' LocallyConnected2D, valid padding)."""
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     oh, ow = (h - size[0]) // strides[0] + 1, (w - size[1]) // strides[1] + 1
     out = np.zeros((n, oh, ow, kernel.shape[2]))
     for i in range(oh):
