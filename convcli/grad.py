@@ -45,6 +45,7 @@ from convcli import geometry, losses, ops
 from convcli.errors import InputError, ModelError, ShapeError
 
 __all__ = [
+    "FROM_OUTPUT",
     "BatchNormState",
     "activation_backward",
     "add_backward",
@@ -62,6 +63,7 @@ __all__ = [
     "locally_connected2d_backward",
     "loss_gradient",
     "max_pool2d_backward",
+    "relu_layer_backward",
     "zero_pad2d_backward",
 ]
 
@@ -165,54 +167,229 @@ def _crop(padded: np.ndarray, pads: tuple[int, int, int, int], hw: Pair) -> np.n
 # --------------------------------------------------------------------------------------
 
 
+FROM_OUTPUT = frozenset({
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "sigmoid", "hard_sigmoid",
+    "sparse_sigmoid", "log_sigmoid", "tanh", "hard_tanh", "softplus", "softsign", "exponential",
+    "softmax", "log_softmax", "sparsemax",
+})
+"""Activations whose derivative :func:`activation_backward` can read from the OUTPUT alone
+(a fused ``activation=`` of conv/dense keeps only its output). The others (gelu, silu/swish,
+hard_silu/hard_swish, mish, tanh_shrink, squareplus, sparse_plus, the shrinks, threshold,
+glu) need the activation's input."""
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return np.asarray(expit(z), dtype=z.dtype)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=z.dtype)
+
+
+def _sparsemax_support_mean(g: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Sparsemax's Jacobian (Martins & Astudillo, 2016, eq. 11): on the support, ``g`` minus
+    its mean over the support; 0 elsewhere."""
+    count = np.maximum(support.sum(axis=-1, keepdims=True), 1)
+    mean = np.where(support, g, 0).sum(axis=-1, keepdims=True) / count
+    return np.where(support, g - mean, 0).astype(g.dtype)
+
+
+def _from_output(name: str, y: np.ndarray, g: np.ndarray, a: float) -> np.ndarray:
+    t = y.dtype.type
+    zero, one = t(0), t(1)
+    if name == "linear":
+        return g.copy()
+    if name == "relu":
+        return np.where(y > zero, g, zero)
+    if name == "relu6":
+        return np.where((y > zero) & (y < t(6)), g, zero)
+    if name == "leaky_relu":
+        return np.where(y > zero, g, g * t(a))
+    if name == "elu":
+        return np.where(y > zero, g, g * (y + t(a)))  # a e^z = out + a
+    if name == "selu":
+        scale, alpha = t(ops.SELU_SCALE), t(ops.SELU_ALPHA)
+        return np.where(y > zero, g * scale, g * (y + scale * alpha))
+    if name == "celu":
+        return np.where(y > zero, g, g * (y / t(a) + one))  # e^(z / a) = out / a + 1
+    if name == "sigmoid":
+        return g * y * (one - y)
+    if name == "hard_sigmoid":
+        return np.where((y > zero) & (y < one), g * t(1 / 6), zero)
+    if name == "sparse_sigmoid":
+        return np.where((y > zero) & (y < one), g * t(0.5), zero)
+    if name == "log_sigmoid":
+        return g * -np.expm1(y)  # 1 - sigmoid(z) = 1 - e^out
+    if name == "tanh":
+        return g * (one - y * y)
+    if name == "hard_tanh":
+        return np.where((y > -one) & (y < one), g, zero)
+    if name == "softplus":
+        return g * -np.expm1(-y)  # sigmoid(z) = 1 - e^-out
+    if name == "softsign":
+        return g * np.square(one - np.abs(y))  # 1 / (1 + |z|)^2 = (1 - |out|)^2
+    if name == "exponential":
+        return g * y
+    if name == "softmax":
+        return y * (g - np.sum(g * y, axis=-1, keepdims=True))
+    if name == "log_softmax":
+        return g - np.exp(y) * np.sum(g, axis=-1, keepdims=True)
+    # sparsemax
+    return _sparsemax_support_mean(g, y > zero)
+
+
+def _from_input(name: str, z: np.ndarray, g: np.ndarray, a: float) -> np.ndarray:
+    t = z.dtype.type
+    zero, one = t(0), t(1)
+    if name in ("relu", "relu6", "hard_tanh", "leaky_relu", "threshold", "soft_shrink", "hard_shrink",
+                "hard_sigmoid", "sparse_sigmoid"):
+        passes = {
+            "relu": z > zero,
+            "relu6": (z > zero) & (z < t(6)),
+            "hard_tanh": (z > -one) & (z < one),
+            "leaky_relu": z > zero,
+            "threshold": z > t(a),
+            "soft_shrink": np.abs(z) > t(a),
+            "hard_shrink": np.abs(z) > t(a),
+            "hard_sigmoid": (z > t(-3)) & (z < t(3)),
+            "sparse_sigmoid": (z > -one) & (z < one),
+        }[name]
+        slope = {"leaky_relu": t(a), "hard_sigmoid": t(1 / 6), "sparse_sigmoid": t(0.5)}
+        if name == "leaky_relu":
+            return np.where(passes, g, g * slope[name])
+        return np.where(passes, g * slope.get(name, one), zero)
+    if name == "linear":
+        return g.copy()
+    if name == "elu":
+        return np.where(z > zero, g, g * t(a) * np.exp(np.minimum(z, zero)))
+    if name == "selu":
+        return g * t(ops.SELU_SCALE) * np.where(z > zero, one, t(ops.SELU_ALPHA) * np.exp(np.minimum(z, zero)))
+    if name == "celu":
+        return np.where(z > zero, g, g * np.exp(np.minimum(z, zero) / t(a)))
+    if name == "gelu":
+        from scipy.special import erfc
+
+        cdf = t(0.5) * erfc(-z * t(1 / np.sqrt(2)))
+        return g * (cdf + z * np.exp(t(-0.5) * z * z) * t(1 / np.sqrt(2 * np.pi)))
+    if name in ("silu", "swish"):
+        s = _sigmoid(z)
+        return g * (s + z * s * (one - s))
+    if name in ("hard_silu", "hard_swish"):
+        return g * np.where(z <= t(-3), zero, np.where(z < t(3), z / t(3) + t(0.5), one))
+    if name == "mish":
+        th = np.tanh(np.logaddexp(z, zero))
+        return g * (th + z * (one - th * th) * _sigmoid(z))
+    if name == "sigmoid":
+        s = _sigmoid(z)
+        return g * s * (one - s)
+    if name == "log_sigmoid":
+        return g * _sigmoid(-z)
+    if name == "tanh":
+        th = np.tanh(z)
+        return g * (one - th * th)
+    if name == "tanh_shrink":
+        th = np.tanh(z)
+        return g * th * th
+    if name == "softplus":
+        return g * _sigmoid(z)
+    if name == "softsign":
+        return g / np.square(one + np.abs(z))
+    if name == "squareplus":
+        return g * t(0.5) * (one + z / np.sqrt(z * z + t(a)))
+    if name == "sparse_plus":
+        return g * np.where(z <= -one, zero, np.where(z < one, (z + one) * t(0.5), one))
+    if name == "exponential":
+        return g * np.exp(z)
+    if name == "softmax":
+        s = _softmax(z)
+        return s * (g - np.sum(g * s, axis=-1, keepdims=True))
+    if name == "log_softmax":
+        return g - _softmax(z) * np.sum(g, axis=-1, keepdims=True)
+    if name == "sparsemax":
+        return _sparsemax_support_mean(g, ops.sparsemax(z) > 0)
+    # glu: z = [a, b], out = a * sigmoid(b)
+    half = z.shape[-1] // 2
+    s = _sigmoid(z[..., half:])
+    return np.concatenate([g * s, g * z[..., :half] * s * (one - s)], axis=-1)
+
+
 def activation_backward(
-    name: str | None, output: np.ndarray, grad: np.ndarray, alpha: float | None = None
+    name: str | None,
+    grad: np.ndarray,
+    *,
+    x: np.ndarray | None = None,
+    output: np.ndarray | None = None,
+    alpha: float | None = None,
 ) -> np.ndarray:
-    """Gradient with respect to the activation's input, from its OUTPUT and the output
-    gradient (the fused ``activation=`` of conv/dense keeps only its output).
+    """Gradient with respect to an activation's input, given its output gradient and either
+    its input ``x`` (every activation of :data:`convcli.ops.ACTIVATIONS`) or its ``output``
+    (those in :data:`FROM_OUTPUT`; the input wins when both are given).
 
-    - relu: ``g`` where the output is positive (0 at 0, as PyTorch);
-    - leaky_relu: ``g`` where positive, ``alpha * g`` elsewhere (alpha default 0.3, must
-      be >= 0 as Keras requires, or the sign of the input could not be read from the output);
-    - sigmoid: ``g * s * (1 - s)``; tanh: ``g * (1 - t^2)``;
-    - elu: ``g`` where positive, ``g * (out + alpha)`` elsewhere (alpha * e^z = out + alpha);
-    - softmax (last axis): ``s * (g - sum(g * s))``.
+    ``alpha`` is the parameter of :data:`convcli.ops.ALPHA_DEFAULTS` (Keras' default when
+    None). Kinks follow PyTorch, which Keras' torch backend calls: ReLU's derivative at 0 is
+    0; relu6, hard_tanh, hard_sigmoid and the clips pass only strictly inside their range.
+    For ``glu`` the result has the input's shape (twice the output's last axis).
 
-    >>> activation_backward("tanh", np.array([0.5]), np.array([2.0])).tolist()
+    >>> activation_backward("tanh", np.array([2.0]), output=np.array([0.5])).tolist()
     [1.5]
+    >>> activation_backward("relu", np.array([1.0, 1.0]), x=np.array([-1.0, 2.0])).tolist()
+    [0.0, 1.0]
 
     Raises:
-        ModelError: an unknown activation or a negative leaky_relu alpha.
+        ModelError: an unknown activation, only the output for one that needs its input,
+            or a leaky_relu slope / elu or celu alpha that breaks reading the output.
     """
+    key = "linear" if name is None else name
+    if key not in ops.ACTIVATIONS:
+        raise ModelError(
+            f"Unknown value for `activation`. Allowed values are: {', '.join(ops.ACTIVATIONS)}. "
+            f"Received: activation={name}"
+        )
+    a = float(ops.ALPHA_DEFAULTS.get(key, 0.0) if alpha is None else alpha)
+    if x is not None:
+        dtype = _dtype(x, grad)
+        z = np.asarray(x, dtype=dtype)
+        g = np.asarray(grad, dtype=dtype)
+        expected = (*z.shape[:-1], z.shape[-1] // 2) if key == "glu" else z.shape
+        _check_grad(g, expected, f"activation {key}")
+        return np.asarray(_from_input(key, z, g, a), dtype=dtype)
+    if output is None:
+        raise ModelError(f"activation {key}: the backward needs the activation's input or output")
+    if key not in FROM_OUTPUT:
+        raise ModelError(f"activation {key}: its derivative cannot be read from its output; pass its input (x=...)")
+    if (key == "leaky_relu" and a < 0) or (key in ("elu", "celu") and a <= 0):
+        raise ModelError(
+            f"activation {key}: the input's sign cannot be read from the output with alpha={a}; pass its input (x=...)"
+        )
     dtype = _dtype(output, grad)
-    out = np.asarray(output, dtype=dtype)
+    y = np.asarray(output, dtype=dtype)
     g = np.asarray(grad, dtype=dtype)
-    _check_grad(g, out.shape, f"activation {name}")
-    if name is None or name == "linear":
-        return g.copy()
-    zero = dtype.type(0)
-    if name == "relu":
-        return np.where(out > zero, g, zero)
-    if name == "leaky_relu":
-        a = 0.3 if alpha is None else float(alpha)
-        if a < 0:
-            raise ModelError(f"leaky_relu: the negative slope must be >= 0 to train. Received: alpha={a}")
-        return np.where(out > zero, g, g * dtype.type(a))
-    if name == "sigmoid":
-        return g * out * (dtype.type(1) - out)
-    if name == "tanh":
-        return g * (dtype.type(1) - out * out)
-    if name == "elu":
-        a = 1.0 if alpha is None else float(alpha)
-        if a <= 0:
-            raise ModelError(f"elu: alpha must be > 0 to train. Received: alpha={a}")
-        return np.where(out > zero, g, g * (out + dtype.type(a)))
-    if name == "softmax":
-        return out * (g - np.sum(g * out, axis=-1, keepdims=True))
-    raise ModelError(
-        f"Unknown value for `activation`. Allowed values are: {', '.join(ops.ACTIVATIONS)}. "
-        f"Received: activation={name}"
-    )
+    _check_grad(g, y.shape, f"activation {key}")
+    return np.asarray(_from_output(key, y, g, a), dtype=dtype)
+
+
+def relu_layer_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
+    *,
+    max_value: float | None = None,
+    negative_slope: float = 0.0,
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.relu` with the options of Keras' ``ReLU`` layer:
+    1 where ``threshold < z < max_value``, ``negative_slope`` where z <= threshold, 0 above
+    max_value."""
+    dtype = _dtype(x, grad)
+    z = np.asarray(x, dtype=dtype)
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, z.shape, "relu_layer_backward")
+    t = dtype.type
+    above = z > t(threshold)
+    passes = above if max_value is None else above & (z < t(max_value))
+    return np.where(passes, g, np.where(above, t(0), g * t(negative_slope)))
 
 
 # --------------------------------------------------------------------------------------

@@ -85,15 +85,66 @@ def pool_ref(x, size, strides, padding, how):
     return out
 
 
+def _sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sparsemax(z):
+    """Martins & Astudillo (2016), Algorithm 1, one row at a time."""
+    out = np.zeros_like(z)
+    for index in np.ndindex(z.shape[:-1]):
+        row = z[index]
+        ordered = np.sort(row)[::-1]
+        k = max(i for i in range(1, len(row) + 1) if 1 + i * ordered[i - 1] > ordered[:i].sum())
+        out[index] = np.maximum(row - (ordered[:k].sum() - 1) / k, 0)
+    return out
+
+
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)  # Klambauer et al. 2017
+
+# Each activation from its textbook definition in float64 (alpha: Keras' default of its parameter).
 ACTIVATION_REF: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "linear": lambda z, a: z,
     "relu": lambda z, a: np.where(z > 0, z, 0.0),
+    "relu6": lambda z, a: np.minimum(np.maximum(z, 0.0), 6.0),
     "leaky_relu": lambda z, a: np.where(z > 0, z, a * z),
-    "sigmoid": lambda z, a: 1.0 / (1.0 + np.exp(-z)),
-    "tanh": lambda z, a: (np.exp(z) - np.exp(-z)) / (np.exp(z) + np.exp(-z)),
     "elu": lambda z, a: np.where(z > 0, z, a * (np.exp(z) - 1.0)),
-    "softmax": lambda z, a: np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True),
+    "selu": lambda z, a: SELU[1] * np.where(z > 0, z, SELU[0] * (np.exp(z) - 1.0)),
+    "celu": lambda z, a: np.where(z > 0, z, a * (np.exp(z / a) - 1.0)),
+    "gelu": lambda z, a: z * 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2))),
+    "silu": lambda z, a: z * _sig(z),
+    "swish": lambda z, a: z * _sig(z),
+    "hard_silu": lambda z, a: z * np.clip(z / 6 + 0.5, 0, 1),
+    "hard_swish": lambda z, a: z * np.clip(z / 6 + 0.5, 0, 1),
+    "mish": lambda z, a: z * np.tanh(np.log(1 + np.exp(z))),
+    "sigmoid": lambda z, a: _sig(z),
+    "hard_sigmoid": lambda z, a: np.clip(z / 6 + 0.5, 0, 1),
+    "sparse_sigmoid": lambda z, a: np.clip((z + 1) / 2, 0, 1),
+    "log_sigmoid": lambda z, a: np.log(_sig(z)),
+    "tanh": lambda z, a: (np.exp(z) - np.exp(-z)) / (np.exp(z) + np.exp(-z)),
+    "hard_tanh": lambda z, a: np.clip(z, -1, 1),
+    "tanh_shrink": lambda z, a: z - np.tanh(z),
+    "softplus": lambda z, a: np.log(1 + np.exp(z)),
+    "softsign": lambda z, a: z / (1 + np.abs(z)),
+    "squareplus": lambda z, a: (z + np.sqrt(z * z + a)) / 2,
+    "sparse_plus": lambda z, a: np.where(z <= -1, 0.0, np.where(z < 1, (z + 1) ** 2 / 4, z)),
+    "exponential": lambda z, a: np.exp(z),
+    "soft_shrink": lambda z, a: np.where(z > a, z - a, np.where(z < -a, z + a, 0.0)),
+    "hard_shrink": lambda z, a: np.where(np.abs(z) > a, z, 0.0),
+    "threshold": lambda z, a: np.where(z > a, z, 0.0),
+    "softmax": lambda z, a: _softmax(z),
+    "log_softmax": lambda z, a: np.log(_softmax(z)),
+    "sparsemax": lambda z, a: _sparsemax(z),
+    "glu": lambda z, a: z[..., : z.shape[-1] // 2] * _sig(z[..., z.shape[-1] // 2 :]),
 }
+PARAMETER = {"leaky_relu": 0.2, "elu": 1.3, "celu": 0.7, "squareplus": 4.0, "soft_shrink": 0.5,
+             "hard_shrink": 0.5, "threshold": 0.4}
+KINKS = (0.0, 0.4, 0.5, 1.0, 3.0, 6.0)
 
 
 def batch_norm_ref(x, gamma, beta, eps):
@@ -342,14 +393,44 @@ def test_flatten_and_zero_pad_backward() -> None:
 # --------------------------------------------------------------------------- dense, activations
 
 
+def test_every_activation_has_an_oracle() -> None:
+    assert set(ACTIVATION_REF) == set(ops.ACTIVATIONS)
+
+
 @pytest.mark.parametrize("activation", list(ops.ACTIVATIONS))
-def test_dense_with_each_activation_matches_finite_differences(activation) -> None:
+def test_activation_backward_matches_finite_differences(activation) -> None:
+    rng = np.random.default_rng(14)
+    z = rng.uniform(-4.5, 7.0, (4, 6))
+    near = np.min([np.abs(np.abs(z) - k) for k in KINKS], axis=0) < 1e-3
+    z[near] += 0.01  # away from the kinks, where the derivative is one-sided
+    if activation in ("softmax", "log_softmax", "sparsemax"):
+        z = rng.uniform(-1.0, 1.0, (4, 6))  # several values in sparsemax's support
+    a = PARAMETER.get(activation, 0.0)
+    out = ACTIVATION_REF[activation](z, a)
+    fast = ops.activate(z.astype(np.float32), activation, a if activation in PARAMETER else None)
+    np.testing.assert_allclose(fast, out, rtol=2e-5, atol=2e-5)  # the oracle is convcli's forward
+    r = rand(rng, *out.shape)
+
+    def loss() -> float:
+        return float(np.sum(ACTIVATION_REF[activation](z, a) * r))
+
+    numeric = numeric_gradient(loss, z)
+    assert_gradient(grad.activation_backward(activation, r, x=z, alpha=a), numeric)
+    if activation in grad.FROM_OUTPUT:
+        assert_gradient(grad.activation_backward(activation, r, output=out, alpha=a), numeric)
+    else:
+        with pytest.raises(ModelError, match="cannot be read from its output"):
+            grad.activation_backward(activation, r, output=out, alpha=a)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "softmax", "leaky_relu"])
+def test_dense_with_a_fused_activation_matches_finite_differences(activation) -> None:
     rng = np.random.default_rng(6)
     x, kernel, bias = rand(rng, 4, 5), rand(rng, 5, 3) * 0.7, rand(rng, 3)
-    alpha = {"leaky_relu": 0.2, "elu": 1.5}.get(activation, 1.0)
+    alpha = 0.2 if activation == "leaky_relu" else None
 
     def forward() -> np.ndarray:
-        return ACTIVATION_REF[activation](x @ kernel + bias, alpha)
+        return ACTIVATION_REF[activation](x @ kernel + bias, alpha or 0.0)
 
     out = forward()
     fast = ops.dense(x, kernel, bias, activation=activation, alpha=alpha)
@@ -359,7 +440,7 @@ def test_dense_with_each_activation_matches_finite_differences(activation) -> No
     def loss() -> float:
         return float(np.sum(forward() * r))
 
-    pre = grad.activation_backward(activation, out, r, alpha)
+    pre = grad.activation_backward(activation, r, output=out, alpha=alpha)
     dx, dk, db = grad.dense_backward(x, kernel, pre)
     assert_gradient(dx, numeric_gradient(loss, x))
     assert_gradient(dk, numeric_gradient(loss, kernel))
@@ -369,15 +450,42 @@ def test_dense_with_each_activation_matches_finite_differences(activation) -> No
 def test_activation_backward_defaults_and_kinks() -> None:
     z = np.array([-2.0, 0.0, 3.0])
     g = np.ones(3)
-    # the derivative of ReLU at 0 is 0 (PyTorch); leaky ReLU's default slope is Keras' 0.3
-    np.testing.assert_array_equal(grad.activation_backward("relu", np.maximum(z, 0), g), [0, 0, 1])
-    out = np.where(z > 0, z, 0.3 * z)
-    np.testing.assert_allclose(grad.activation_backward("leaky_relu", out, g), [0.3, 0.3, 1])
-    np.testing.assert_array_equal(grad.activation_backward(None, z, g * 2), [2, 2, 2])
+    # the derivative of ReLU at 0 is 0 (PyTorch), from the input or the output;
+    # leaky_relu's default slope is Keras' activations.leaky_relu 0.2
+    np.testing.assert_array_equal(grad.activation_backward("relu", g, output=np.maximum(z, 0)), [0, 0, 1])
+    np.testing.assert_array_equal(grad.activation_backward("relu", g, x=z), [0, 0, 1])
+    np.testing.assert_allclose(grad.activation_backward("leaky_relu", g, x=z), [0.2, 0.2, 1])
+    np.testing.assert_array_equal(grad.activation_backward(None, g * 2, output=z), [2, 2, 2])
     with pytest.raises(ModelError, match="Allowed values are: linear, relu"):
-        grad.activation_backward("swish", z, g)
-    with pytest.raises(ModelError, match="negative slope must be >= 0"):
-        grad.activation_backward("leaky_relu", z, g, -0.1)
+        grad.activation_backward("swish2", g, x=z)
+    with pytest.raises(ModelError, match="cannot be read from the output with alpha=-0.1"):
+        grad.activation_backward("leaky_relu", g, output=z, alpha=-0.1)
+    with pytest.raises(ModelError, match="needs the activation's input or output"):
+        grad.activation_backward("tanh", g)
+    with pytest.raises(ShapeError, match="output gradient must have"):
+        grad.activation_backward("glu", g, x=np.ones(4))
+
+
+@pytest.mark.parametrize(
+    "max_value, negative_slope, threshold", [(None, 0.0, 0.0), (6.0, 0.0, 0.0), (2.5, 0.3, 0.5), (None, 0.1, -1.0)]
+)
+def test_relu_layer_backward_matches_finite_differences(max_value, negative_slope, threshold) -> None:
+    rng = np.random.default_rng(15)
+    z = rng.uniform(-3, 8, (3, 7))
+
+    def forward() -> np.ndarray:  # Keras' ReLU layer, written out
+        top = z if max_value is None else np.minimum(z, max_value)
+        return np.where(z > threshold, top, negative_slope * (z - threshold))
+
+    fast = ops.relu(z.astype(np.float32), max_value=max_value, negative_slope=negative_slope, threshold=threshold) \
+        if threshold >= 0 else None
+    if fast is not None:
+        np.testing.assert_allclose(fast, forward(), rtol=1e-6, atol=1e-6)
+    r = rand(rng, 3, 7)
+    assert_gradient(
+        grad.relu_layer_backward(z, r, max_value=max_value, negative_slope=negative_slope, threshold=threshold),
+        numeric_gradient(lambda: float(np.sum(forward() * r)), z),
+    )
 
 
 # --------------------------------------------------------------------------- batch norm, dropout, merges
@@ -501,7 +609,7 @@ def test_loss_gradient_is_the_batch_mean_and_keeps_the_shape() -> None:
     logits = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     y = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     p = ACTIVATION_REF["softmax"](logits, 0.0)
-    through = grad.activation_backward("softmax", p, grad.loss_gradient("cce", y, p))
+    through = grad.activation_backward("softmax", grad.loss_gradient("cce", y, p), output=p)
     np.testing.assert_allclose(through, (p - y) / 2, rtol=1e-9, atol=1e-12)
 
 
@@ -564,12 +672,12 @@ def test_lecture_model_gradients_match_torch_autograd() -> None:
     probs = ops.dense(f5, weights["dense"], weights["dense_b"], activation="softmax")
     ours_loss = losses.compute("categorical-crossentropy", y, probs)
     g = grad.loss_gradient("categorical-crossentropy", y, probs).astype(np.float32)
-    g = grad.activation_backward("softmax", probs, g)
+    g = grad.activation_backward("softmax", g, output=probs)
     g, d_dense, d_dense_b = grad.dense_backward(f5, weights["dense"], g)
     g = grad.flatten_backward(p4.shape, g)
     g = grad.avg_pool2d_backward(p3.shape, g, 2, 2, "valid")
     g = grad.max_pool2d_backward(a2, g, 2, 2, "same")
-    g = grad.activation_backward("leaky_relu", a2, g, alpha)
+    g = grad.activation_backward("leaky_relu", g, output=a2, alpha=alpha)
     g, d_gamma, d_beta = grad.batch_norm_backward(g, bn)
     _, d_conv, d_conv_b = grad.conv2d_backward(x, weights["conv"], g, padding="same")
     ours = {"conv": d_conv, "conv_b": d_conv_b, "gamma": d_gamma, "beta": d_beta,
