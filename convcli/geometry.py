@@ -82,16 +82,22 @@ def exact_output_length(
 
 
 def conv_output_length(
-    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
+    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1, *, floor: bool = False
 ) -> int:
     """Output length of a convolution or pooling window sliding over ``n`` positions.
 
+    With ``floor=False`` (the lecture's rule, used for arrow notation and TOML models) a
+    fractional size is refused; with ``floor=True`` (Keras and PyTorch, used for imported
+    Keras models) the last partial window is dropped.
+
     Raises:
         ShapeError: when the kernel is larger than the padded input, or when the
-            neurons do not fit (the exact size is not an integer).
+            neurons do not fit (the exact size is not an integer and ``floor`` is False).
 
     >>> conv_output_length(227, 11, 4)
     55
+    >>> conv_output_length(10, 3, 2, floor=True)
+    4
     >>> conv_output_length(10, 3, 2)
     Traceback (most recent call last):
     ...
@@ -108,23 +114,51 @@ def conv_output_length(
         raise ShapeError(
             f"kernel of size {k} is larger than the padded input of size {n + before + after}"
         )
-    if exact.denominator != 1:
+    if exact.denominator != 1 and not floor:
         pad_text = f"{before}+{after}" if before != after else f"2*{before}"
         raise ShapeError(
             f"output size ({n} - {k} + {pad_text})/{stride} + 1 = {format_fraction(exact)} "
             "is not an integer: the neurons do not fit"
         )
-    return int(exact)
-
-
-def floor_output_length(
-    n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1
-) -> int:
-    """Output length as Keras/PyTorch compute it: the last partial window is dropped."""
-    exact = exact_output_length(n, kernel, stride, padding, dilation)
-    if exact < 1:
-        raise ShapeError(f"kernel of size {effective_kernel(kernel, dilation)} is larger than the input of size {n}")
     return int(exact.__floor__())
+
+
+def unreached(n: int, kernel: int, stride: int = 1, padding: Padding = 0, dilation: int = 1) -> int:
+    """Rows (or columns) at the end of the padded input that no window reaches when the
+    size is floored (0 when the windows fit exactly, and for ``same`` padding).
+
+    >>> unreached(10, 3, 2)  # windows start at 0, 2, 4, 6: the last row is never read
+    1
+    >>> unreached(7, 2, 2)  # MaxPooling2D(2) on 7 rows ignores the 7th
+    1
+    """
+    if padding == "same":
+        return 0
+    before, after = padding_amounts(n, kernel, stride, padding, dilation)
+    span = n + before + after - effective_kernel(kernel, dilation)
+    return span % stride if span >= 0 else 0
+
+
+def conv_transpose_output_length(
+    n: int, kernel: int, stride: int = 1, padding: Literal["same", "valid"] = "valid",
+    output_padding: int | None = None, dilation: int = 1,
+) -> int:
+    """Output length of a transposed convolution, as Keras' ``Conv2DTranspose`` computes it
+    (``keras/src/ops/operation_utils.py``, ``compute_conv_transpose_output_length``).
+
+    >>> conv_transpose_output_length(7, 3, 2)  # valid: 7 * 2 + max(3 - 2, 0)
+    15
+    >>> conv_transpose_output_length(7, 3, 2, "same")
+    14
+    >>> conv_transpose_output_length(7, 3, 2, "same", output_padding=1)  # (7-1)*2 + 3 - 2 + 1
+    14
+    """
+    _check_positive(n=n, kernel=kernel, stride=stride, dilation=dilation)
+    k = effective_kernel(kernel, dilation)
+    if output_padding is None:
+        return n * stride + (max(k - stride, 0) if padding == "valid" else 0)
+    pad = k // 2 if padding == "same" else 0
+    return (n - 1) * stride + k - 2 * pad + output_padding
 
 
 def fitting_paddings(n: int, kernel: int, stride: int, limit: int = 3) -> list[int]:

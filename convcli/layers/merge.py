@@ -1,0 +1,238 @@
+"""Merge layers: the joins of a graph (residual adds, concatenated branches, gates)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from convcli.errors import ModelError, ShapeError
+from convcli.layers.base import (
+    Context,
+    Layer,
+    Shape,
+    Unsupported,
+    Value,
+    is_int,
+    read_int,
+    register,
+    shape_text,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+def _shapes_text(shapes: Sequence[Shape]) -> str:
+    return ", ".join(shape_text(s) for s in shapes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Merge(Layer):
+    """An element-wise join of two or more inputs (Keras broadcasting: a 1x1xD gate
+    multiplies an HxWxD volume). ``constant`` is a number taking part as one more operand
+    (Keras ops such as ``x + 3.0`` in MobileNetV3), at position ``constant_index``."""
+
+    constant: float | None = None
+    constant_index: int = 1
+    arity: ClassVar[int | None] = None
+    function: ClassVar[str] = ""
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
+        return cls(name=name)
+
+    @classmethod
+    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
+        return cls(name=name)
+
+    def output_shape(self, *input_shapes: Shape) -> Shape:
+        self._check_count(input_shapes)
+        ranks = {len(s) for s in input_shapes}
+        if len(ranks) != 1:
+            raise ShapeError(
+                f"layer '{self.name}' ({self.type}) cannot merge shapes of different ranks: "
+                f"{_shapes_text(input_shapes)}"
+            )
+        out: list[int] = []
+        for dims in zip(*input_shapes):
+            sizes = set(dims) - {1}
+            if len(sizes) > 1:
+                raise ShapeError(
+                    f"layer '{self.name}' ({self.type}) cannot merge incompatible shapes "
+                    f"{_shapes_text(input_shapes)}"
+                )
+            out.append(sizes.pop() if sizes else 1)
+        return tuple(out)
+
+    def _check_count(self, input_shapes: Sequence[Shape]) -> None:
+        operands = len(input_shapes) + (self.constant is not None)
+        if operands < 2:
+            raise ModelError(f"layer '{self.name}' ({self.type}) needs at least two inputs; it has {len(input_shapes)}")
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        import numpy as np
+
+        operands: list[Any] = list(xs)
+        if self.constant is not None:
+            operands.insert(self.constant_index, np.float32(self.constant))
+        return _COMBINE[self.function](np, operands)
+
+
+def _reduce(ufunc_name: str) -> Any:
+    def combine(np: Any, operands: list[Any]) -> Any:
+        ufunc = getattr(np, ufunc_name)
+        out = ufunc(operands[0], operands[1])
+        for operand in operands[2:]:
+            ufunc(out, operand, out=out)
+        return out
+
+    return combine
+
+
+_COMBINE = {
+    "add": _reduce("add"),
+    "multiply": _reduce("multiply"),
+    "maximum": _reduce("maximum"),
+    "minimum": _reduce("minimum"),
+    "subtract": lambda np, ops: np.subtract(ops[0], ops[1]),
+    "divide": lambda np, ops: np.divide(ops[0], ops[1]),
+    "average": lambda np, ops: _reduce("add")(np, ops) / np.float32(len(ops)),
+}
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Add(_Merge):
+    """x + y (+ ...): the residual connection."""
+
+    type: ClassVar[str] = "Add"
+    function: ClassVar[str] = "add"
+    tokens: ClassVar[tuple[str, ...]] = ("ADD",)
+    prefix: ClassVar[str] = "add"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Add",)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Subtract(_Merge):
+    """x - y (exactly two operands)."""
+
+    type: ClassVar[str] = "Subtract"
+    function: ClassVar[str] = "subtract"
+    tokens: ClassVar[tuple[str, ...]] = ("SUBTRACT",)
+    prefix: ClassVar[str] = "subtract"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Subtract",)
+
+    def _check_count(self, input_shapes: Sequence[Shape]) -> None:
+        if len(input_shapes) + (self.constant is not None) != 2:
+            raise ModelError(f"layer '{self.name}' (Subtract) needs exactly two inputs; it has {len(input_shapes)}")
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Divide(Subtract):
+    """x / y (Keras' ``ops.divide`` on tensors, two operands)."""
+
+    type: ClassVar[str] = "Divide"
+    function: ClassVar[str] = "divide"
+    tokens: ClassVar[tuple[str, ...]] = ()
+    prefix: ClassVar[str] = "divide"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Divide", "TrueDivide")
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Multiply(_Merge):
+    """x * y (* ...): gates such as squeeze-and-excitation."""
+
+    type: ClassVar[str] = "Multiply"
+    function: ClassVar[str] = "multiply"
+    tokens: ClassVar[tuple[str, ...]] = ("MULTIPLY", "MUL")
+    prefix: ClassVar[str] = "multiply"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Multiply",)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Average(_Merge):
+    """The mean of the inputs."""
+
+    type: ClassVar[str] = "Average"
+    function: ClassVar[str] = "average"
+    tokens: ClassVar[tuple[str, ...]] = ("AVERAGE",)
+    prefix: ClassVar[str] = "average"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Average",)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Maximum(_Merge):
+    """The element-wise maximum of the inputs."""
+
+    type: ClassVar[str] = "Maximum"
+    function: ClassVar[str] = "maximum"
+    tokens: ClassVar[tuple[str, ...]] = ("MAXIMUM",)
+    prefix: ClassVar[str] = "maximum"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Maximum",)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Minimum(_Merge):
+    """The element-wise minimum of the inputs."""
+
+    type: ClassVar[str] = "Minimum"
+    function: ClassVar[str] = "minimum"
+    tokens: ClassVar[tuple[str, ...]] = ("MINIMUM",)
+    prefix: ClassVar[str] = "minimum"
+    keras_classes: ClassVar[tuple[str, ...]] = ("Minimum",)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Concatenate(Layer):
+    """Inputs side by side along ``axis`` (the channels, -1, by default: Inception, DenseNet)."""
+
+    axis: int = -1
+    type: ClassVar[str] = "Concatenate"
+    arity: ClassVar[int | None] = None
+    tokens: ClassVar[tuple[str, ...]] = ("CONCAT", "CONCATENATE")
+    prefix: ClassVar[str] = "concat"
+    keywords: ClassVar[tuple[str, ...]] = ("axis",)
+    keras_classes: ClassVar[tuple[str, ...]] = ("Concatenate",)
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
+        return cls(name=name, axis=read_int("axis", args.get("axis", -1), None))
+
+    @classmethod
+    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
+        axis = cfg.get("axis", -1)
+        if not is_int(axis) or axis == 0:
+            raise Unsupported(f"Concatenate over axis={axis}")
+        return cls(name=name, axis=axis)
+
+    def _axis(self, rank: int) -> int:
+        axis = self.axis - 1 if self.axis > 0 else rank + self.axis  # Keras counts the batch as axis 0
+        if not 0 <= axis < rank:
+            raise ShapeError(f"layer '{self.name}' (Concatenate): axis {self.axis} is outside a rank-{rank} input")
+        return axis
+
+    def output_shape(self, *input_shapes: Shape) -> Shape:
+        if len(input_shapes) < 2:
+            raise ModelError(f"layer '{self.name}' (Concatenate) needs at least two inputs; it has {len(input_shapes)}")
+        rank = len(input_shapes[0])
+        axis = self._axis(rank)
+        for shape in input_shapes:
+            if len(shape) != rank or any(a != b for i, (a, b) in enumerate(zip(shape, input_shapes[0])) if i != axis):
+                raise ShapeError(
+                    f"layer '{self.name}' (Concatenate) cannot join shapes {_shapes_text(input_shapes)} "
+                    f"along axis {self.axis}: the other axes differ"
+                )
+        return tuple(sum(s[axis] for s in input_shapes) if i == axis else n for i, n in enumerate(input_shapes[0]))
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        import numpy as np
+
+        return np.concatenate(xs, axis=self._axis(xs[0].ndim - 1) + 1)

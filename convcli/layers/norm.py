@@ -1,0 +1,117 @@
+"""Normalisation layers with weights: batch normalisation and layer normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from convcli.layers.base import (
+    Context,
+    Layer,
+    Shape,
+    Unsupported,
+    Value,
+    ops,
+    read_bool,
+    read_float,
+    register,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+def _last_axis(cfg: Mapping[str, Any], what: str, input_rank: int = 4) -> None:
+    axis = cfg.get("axis", -1)
+    if axis not in (-1, [-1], 3, [3]):
+        raise Unsupported(f"{what} over axis={axis} (only the channels axis, -1)")
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class BatchNormalization(Layer):
+    """Batch normalisation over the last axis: gamma (``scale``), beta (``center``), moving
+    mean and variance (not trained)."""
+
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    type: ClassVar[str] = "BatchNormalization"
+    tokens: ClassVar[tuple[str, ...]] = ("BN",)
+    prefix: ClassVar[str] = "bn"
+    keywords: ClassVar[tuple[str, ...]] = ("epsilon", "center", "scale")
+    keras_classes: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
+        return cls(name=name, epsilon=read_float("epsilon", args.get("epsilon", 1e-3)),
+                   center=read_bool("center", args.get("center", True)),
+                   scale=read_bool("scale", args.get("scale", True)))
+
+    @classmethod
+    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
+        _last_axis(cfg, "BatchNormalization")
+        return cls(name=name, epsilon=read_float("epsilon", cfg.get("epsilon", 1e-3)),
+                   center=read_bool("center", cfg.get("center", True)),
+                   scale=read_bool("scale", cfg.get("scale", True)))
+
+    def param_shapes(self, *input_shapes: Shape) -> dict[str, Shape]:
+        d = input_shapes[0][-1]
+        shapes: dict[str, Shape] = {}
+        if self.scale:
+            shapes["gamma"] = (d,)
+        if self.center:
+            shapes["beta"] = (d,)
+        shapes["moving_mean"] = (d,)
+        shapes["moving_variance"] = (d,)
+        return shapes
+
+    def trainable_params(self, *input_shapes: Shape) -> int:
+        return input_shapes[0][-1] * (int(self.scale) + int(self.center))
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        return ops().batch_norm(xs[0], weights.get("gamma"), weights.get("beta"), weights["moving_mean"],
+                                weights["moving_variance"], self.epsilon)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class LayerNormalization(Layer):
+    """Normalises each position over its channels (ConvNeXt): gamma and beta per channel."""
+
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    type: ClassVar[str] = "LayerNormalization"
+    tokens: ClassVar[tuple[str, ...]] = ("LN", "LAYERNORM")
+    prefix: ClassVar[str] = "ln"
+    keywords: ClassVar[tuple[str, ...]] = ("epsilon", "center", "scale")
+    keras_classes: ClassVar[tuple[str, ...]] = ("LayerNormalization",)
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
+        return cls(name=name, epsilon=read_float("epsilon", args.get("epsilon", 1e-3)),
+                   center=read_bool("center", args.get("center", True)),
+                   scale=read_bool("scale", args.get("scale", True)))
+
+    @classmethod
+    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
+        _last_axis(cfg, "LayerNormalization")
+        if cfg.get("rms_scaling"):
+            raise Unsupported("LayerNormalization with rms_scaling=true")
+        return cls(name=name, epsilon=read_float("epsilon", cfg.get("epsilon", 1e-3)),
+                   center=read_bool("center", cfg.get("center", True)),
+                   scale=read_bool("scale", cfg.get("scale", True)))
+
+    def param_shapes(self, *input_shapes: Shape) -> dict[str, Shape]:
+        d = input_shapes[0][-1]
+        shapes: dict[str, Shape] = {}
+        if self.scale:
+            shapes["gamma"] = (d,)
+        if self.center:
+            shapes["beta"] = (d,)
+        return shapes
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        return ops().layer_norm(xs[0], weights.get("gamma"), weights.get("beta"), epsilon=self.epsilon)
