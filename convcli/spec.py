@@ -367,7 +367,7 @@ def _emit(graph: _Graph, chain: _Chain, source: str) -> str:
                 raise ModelError(f"{element.where}: {element.text}: INPUT may only come first")
             source = graph.add(element, [source])
         elif isinstance(element, _Repeat):
-            if len(graph.layers) + element.count * len(element.chain) > MAX_LAYERS:
+            if len(graph.layers) + _size(element) > MAX_LAYERS:
                 raise ModelError(f"column {element.column}: the repetition makes more than {MAX_LAYERS:,} layers")
             for _ in range(element.count):
                 source = _emit(graph, element.chain, source)
@@ -376,6 +376,15 @@ def _emit(graph: _Graph, chain: _Chain, source: str) -> str:
             join = _Item(element.word, {}, f"column {element.column}", element.word)
             source = graph.add(join, ends)
     return source
+
+
+def _size(element: _Element) -> int:
+    """Layers an element expands to (implied flattens aside)."""
+    if isinstance(element, _Repeat):
+        return element.count * sum(_size(e) for e in element.chain)
+    if isinstance(element, _Join):
+        return 1 + sum(sum(_size(e) for e in branch) for branch in element.branches if branch)
+    return 1
 
 
 def _input_shape(item: _Item) -> tuple[int, ...]:

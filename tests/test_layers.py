@@ -124,8 +124,11 @@ def test_dense_flatten_global_pooling() -> None:
     assert L.Dense(name="x", units=3, use_bias=False).params((5,)) == 15
     assert L.GlobalAveragePooling2D(name="g").output_shape((7, 7, 512)) == (512,)
     assert L.GlobalMaxPooling2D(name="g").output_shape((7, 7, 512)) == (512,)
-    with pytest.raises(ShapeError, match="needs a flat input; add a Flatten"):
-        fc.output_shape((7, 7, 512))
+    # Keras' Dense acts on the last axis of a higher-rank input (ConvNeXt's pointwise layers):
+    # Dense(10) on (None, 7, 7, 512) is (None, 7, 7, 10) with 512 * 10 + 10 parameters
+    head = L.Dense(name="head", units=10)
+    assert head.output_shape((7, 7, 512)) == (7, 7, 10)
+    assert head.params((7, 7, 512)) == 5_130
 
 
 def test_batch_norm_zero_padding_dropout_activation() -> None:
@@ -146,8 +149,8 @@ def test_batch_norm_zero_padding_dropout_activation() -> None:
     [
         (lambda: L.Conv2D(name="c", filters=0, kernel_size=(3, 3)), "`filters` must be a positive integer"),
         (lambda: L.Conv2D(name="c", filters=1, kernel_size=(3, 3), padding="full"), "Received: padding='full'"),
-        (lambda: L.Conv2D(name="c", filters=1, kernel_size=(3, 3), activation="swish"), "Received: activation=swish"),
-        (lambda: L.Activation(name="a", function="gelu"), "Allowed values are: relu, sigmoid"),
+        (lambda: L.Conv2D(name="c", filters=1, kernel_size=(3, 3), activation="swoosh"), "Received: activation=swoosh"),
+        (lambda: L.Activation(name="a", function="swoosh"), "Allowed values are: linear, relu, relu6"),
         (lambda: L.Dropout(name="d", rate=1.5), "rate"),
         (lambda: L.MaxPooling2D(name="p", pool_size=(2, 2), padding="full"), "Allowed values are: valid, same"),
     ],

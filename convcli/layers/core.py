@@ -257,6 +257,8 @@ class ReLU(Layer):
     @classmethod
     def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
         max_value = cfg.get("max_value")
+        if max_value is None and not cfg.get("negative_slope") and not cfg.get("threshold"):
+            return Activation(name=name, function="relu")  # plain: fused into the layer before it
         return cls(name=name, max_value=None if max_value is None else read_float("max_value", max_value),
                    negative_slope=read_float("negative_slope", cfg.get("negative_slope") or 0.0),
                    threshold=read_float("threshold", cfg.get("threshold") or 0.0))

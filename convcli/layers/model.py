@@ -42,7 +42,7 @@ class Model:
     output: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.input_shape or not all(is_int(n) and n >= 1 for n in self.input_shape) or len(self.input_shape) > 3:
+        if not self.input_shape or not all(is_int(n) and n >= 1 for n in self.input_shape) or len(self.input_shape) not in (1, 3):
             raise ModelError(
                 "the input shape must be (height, width, depth) or (units,) of positive integers. "
                 f"Received: {self.input_shape!r}"
