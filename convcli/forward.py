@@ -31,6 +31,8 @@ from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
 __all__ = [
     "FUSED_LEAKY_RELU_ALPHA",
+    "check_memory",
+    "params_from_keras",
     "LayerStats",
     "fan_in",
     "feature_map_grid",
@@ -52,47 +54,120 @@ __all__ = [
 Params = dict[str, np.ndarray]
 LayerCallback = Callable[[L.Layer, np.ndarray, float], None]
 
-FUSED_LEAKY_RELU_ALPHA = 0.2
-"""Negative slope of a fused ``activation="leaky_relu"`` (Keras' ``activations.leaky_relu``
-default). A separate LRELU/LeakyReLU layer carries its own alpha (Keras' layer: 0.3)."""
+FUSED_LEAKY_RELU_ALPHA = L.FUSED_LEAKY_RELU_ALPHA
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ")"
 
 
-def fan_in(layer: L.Layer, shape: tuple[int, ...]) -> int:
-    """Inputs feeding one output neuron: F_h*F_w*D for conv and local kernels, ``in`` for dense."""
-    if isinstance(layer, L.LocallyConnected2D):
-        return shape[1]
-    if isinstance(layer, L.Conv2D):
-        return math.prod(shape[:-1])
-    return shape[0]
+def fan_in(layer: L.Layer, shape: tuple[int, ...], param: str = "kernel") -> int:
+    """Inputs feeding one output neuron through ``param`` (the layer type says)."""
+    return layer.fan_in(param, shape)
+
+
+def _available_bytes() -> int | None:
+    """Memory the system can still give (MemAvailable), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(model: L.Model, batch: int = 1) -> None:
+    """Refuse, before allocating anything, a model whose float32 parameters plus one batch's
+    largest activations would not fit in the memory available.
+
+    Raises:
+        ModelError: saying how much it would need and how much there is.
+    """
+    need = model.param_bytes() + 4 * batch * max(
+        (sum(math.prod(s) for s in node.input_shapes) + math.prod(node.output_shape) for node in model.nodes()),
+        default=0,
+    )
+    available = _available_bytes()
+    if available is not None and need > available:
+        raise ModelError(
+            f"the model needs {need / 2**30:.1f} GiB for its parameters and one batch of activations; "
+            f"{available / 2**30:.1f} GiB of memory is available"
+        )
 
 
 def init_params(model: L.Model, seed: int = 0) -> Params:
     """Random parameters for ``model``, reproducible from ``seed``.
 
-    Kernels of Conv2D, LocallyConnected2D and Dense: He normal, N(0, 2 / fan_in) (He et
-    al. 2015, the initialisation made for ReLU networks; PyTorch's ``kaiming_normal_``).
-    Biases 0; batch norm gamma 1, beta 0, moving mean 0, moving variance 1. Each array has
-    its own generator seeded from ``seed`` and its key, so adding a layer leaves the other
-    layers' weights unchanged.
+    Kernels (``kernel``, ``depthwise_kernel``, ``pointwise_kernel``): He normal,
+    N(0, 2 / fan_in) (He et al. 2015, the initialisation made for ReLU networks; PyTorch's
+    ``kaiming_normal_``). Biases 0; batch norm gamma 1, beta 0, moving mean 0, moving
+    variance 1; a layer may set its own constant (LayerScale). Each array has its own
+    generator seeded from ``seed`` and its key, so adding a layer leaves the other layers'
+    weights unchanged.
+
+    Raises:
+        ModelError: the parameters would not fit in the available memory.
     """
+    check_memory(model)
     params: Params = {}
-    for layer, in_shape, _ in model.shapes():
-        for param, shape in layer.param_shapes(in_shape).items():
+    for node in model.nodes():
+        layer = node.layer
+        for param, shape in layer.param_shapes(*node.input_shapes).items():
             key = f"{layer.name}.{param}"
-            if param == "kernel":
+            constant = layer.init_value(param)
+            if constant is not None:
+                array = np.full(shape, constant, np.float32)
+            elif param.endswith("kernel"):
                 rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-                std = math.sqrt(2.0 / fan_in(layer, shape))
+                std = math.sqrt(2.0 / layer.fan_in(param, shape))
                 array = rng.standard_normal(shape, dtype=np.float32)
                 array *= np.float32(std)
-            elif param in ("gamma", "moving_variance"):
+            elif param in ("gamma", "moving_variance", "variance"):
                 array = np.ones(shape, np.float32)
-            else:  # bias, beta, moving_mean
+            else:  # bias, beta, moving_mean, mean, count
                 array = np.zeros(shape, np.float32)
             params[key] = array
+    return params
+
+
+def params_from_keras(model: L.Model, weights: Mapping[str, list[np.ndarray]], source: str) -> Params:
+    """Keras' per-layer weight lists (in each layer's variable order) as ``"<layer>.<param>"``
+    arrays for ``model``.
+
+    Raises:
+        WeightsError: a layer's weights are missing, too many, or of the wrong shape (naming
+            the layer, the parameter and both shapes).
+    """
+    params: Params = {}
+    problems: list[str] = []
+    known = {node.layer.name for node in model.nodes()}
+    for node in model.nodes():
+        layer = node.layer
+        expected = layer.param_shapes(*node.input_shapes)
+        arrays = list(weights.get(layer.name, []))
+        if not expected:
+            continue
+        if len(arrays) != len(expected):
+            problems.append(
+                f"layer '{layer.name}' ({layer.type}) has {len(arrays)} weight array(s), expected "
+                f"{len(expected)} ({', '.join(expected)})"
+            )
+            continue
+        for (param, shape), array in zip(expected.items(), arrays):
+            if tuple(array.shape) != shape:
+                problems.append(
+                    f"layer '{layer.name}' ({layer.type}) {param} has shape {_shape_text(array.shape)}, "
+                    f"expected {_shape_text(shape)}"
+                )
+            params[f"{layer.name}.{param}"] = np.ascontiguousarray(array, dtype=np.float32)
+    extra = [name for name, arrays in weights.items() if name not in known and len(arrays)]
+    if extra:
+        problems.append(f"weights for layers the model does not have: {', '.join(extra[:5])}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise WeightsError(f"weights in {source}: " + "; ".join(problems[:3]) + more)
     return params
 
 
@@ -141,98 +216,38 @@ def save_weights(params: Mapping[str, np.ndarray], path: str | Path) -> None:
     _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), "--save-weights")
 
 
-def _get(params: Mapping[str, np.ndarray], layer: L.Layer, param: str) -> np.ndarray:
-    key = f"{layer.name}.{param}"
-    try:
-        return params[key]
-    except KeyError:
-        raise WeightsError(f"missing parameter '{key}' for layer '{layer.name}' ({layer.type})") from None
+def _layer_weights(params: Mapping[str, np.ndarray], node: L.Node) -> dict[str, np.ndarray]:
+    weights = {}
+    for param in node.layer.param_shapes(*node.input_shapes):
+        key = f"{node.layer.name}.{param}"
+        try:
+            weights[param] = params[key]
+        except KeyError:
+            raise WeightsError(
+                f"missing parameter '{key}' for layer '{node.layer.name}' ({node.layer.type})"
+            ) from None
+    return weights
 
 
-def _forward_layer(
-    layer: L.Layer, x: np.ndarray, params: Mapping[str, np.ndarray], *, train_dropout: bool,
-    rng: np.random.Generator, activation: tuple[str, float | None] | None = None,
-) -> np.ndarray:
-    """One layer's computation on a batch (dispatch on the layer's class).
-
-    ``activation`` (function, alpha) overrides the fused activation of a Conv2D, Dense or
-    LocallyConnected2D layer (used to fuse a following Activation layer).
-    """
-    if activation is None and isinstance(layer, (L.Conv2D, L.Dense, L.LocallyConnected2D)):
-        activation = (layer.activation, _fused_alpha(layer.activation)) if layer.activation else None
-    function, alpha = activation if activation is not None else (None, None)
-    if isinstance(layer, L.Conv2D):
-        return ops.conv2d(
-            x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
-            strides=layer.strides, padding=layer.padding, dilation=layer.dilation,
-            activation=function, alpha=alpha,
-        )
-    if isinstance(layer, L.LocallyConnected2D):
-        return ops.locally_connected2d(
-            x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
-            kernel_size=layer.kernel_size, strides=layer.strides, activation=function, alpha=alpha,
-        )
-    if isinstance(layer, L.Dense):
-        return ops.dense(
-            x, _get(params, layer, "kernel"), _get(params, layer, "bias") if layer.use_bias else None,
-            activation=function, alpha=alpha,
-        )
-    if isinstance(layer, L.Activation):
-        return ops.activate(x, layer.function, layer.alpha)
-    if isinstance(layer, L.MaxPooling2D):
-        return ops.max_pool2d(x, layer.pool_size, layer.strides, layer.padding)
-    if isinstance(layer, L.AveragePooling2D):
-        return ops.avg_pool2d(x, layer.pool_size, layer.strides, layer.padding)
-    if isinstance(layer, L.GlobalMaxPooling2D):  # before its base class GlobalAveragePooling2D
-        return ops.global_max_pool2d(x)
-    if isinstance(layer, L.GlobalAveragePooling2D):
-        return ops.global_avg_pool2d(x)
-    if isinstance(layer, L.Flatten):
-        return ops.flatten(x)
-    if isinstance(layer, L.ZeroPadding2D):
-        return ops.zero_pad2d(x, layer.padding)
-    if isinstance(layer, L.BatchNormalization):
-        return ops.batch_norm(
-            x, _get(params, layer, "gamma"), _get(params, layer, "beta"),
-            _get(params, layer, "moving_mean"), _get(params, layer, "moving_variance"), layer.epsilon,
-        )
-    if isinstance(layer, L.Dropout):
-        return ops.dropout(x, layer.rate, training=train_dropout, rng=rng)
-    raise ModelError(f"layer '{layer.name}': no forward computation for layer type {layer.type}")
+_FUSABLE = (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose, L.LocallyConnected2D, L.Dense)
+"""Layers that apply an activation to each output chunk while it is in cache (``activation=``)."""
 
 
-def _run_fused(
-    layers: tuple[L.Layer, ...], x: np.ndarray, params: Mapping[str, np.ndarray], *,
-    train_dropout: bool, rng: np.random.Generator,
-) -> np.ndarray:
-    """The pass without per-layer outputs: an Activation layer right after a Conv2D, Dense or
-    LocallyConnected2D without its own activation is fused into it (applied in place on
-    each output chunk while it is in cache, as Keras' ``activation=``), and other
-    activations and batch norms run in place on arrays no caller can see."""
-    original = x
-    index = 0
-    while index < len(layers):
-        layer = layers[index]
-        following = layers[index + 1] if index + 1 < len(layers) else None
+def _fusion(model: L.Model, consumers: Mapping[str, int]) -> dict[str, L.Activation]:
+    """Layer name -> the Activation layer fused into it: a fusable layer without its own
+    activation whose only consumer is an Activation layer (not glu, which changes the shape)."""
+    fused: dict[str, L.Activation] = {}
+    nodes = model.nodes()
+    for node, following in zip(nodes, nodes[1:]):
+        layer = node.layer
         if (
-            isinstance(layer, (L.Conv2D, L.Dense, L.LocallyConnected2D))
-            and layer.activation is None
-            and isinstance(following, L.Activation)
+            isinstance(layer, _FUSABLE) and layer.activation is None
+            and isinstance(following.layer, L.Activation) and following.layer.function not in ("glu", "linear")
+            and following.inputs == (layer.name,) and consumers.get(layer.name) == 1
+            and layer.name != model.output_name
         ):
-            x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=rng,
-                               activation=(following.function, following.alpha))
-            index += 2
-            continue
-        if isinstance(layer, L.Activation) and not np.may_share_memory(x, original):
-            x = ops.activate(x, layer.function, layer.alpha, inplace=True)
-        else:
-            x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=rng)
-        index += 1
-    return x
-
-
-def _fused_alpha(activation: str | None) -> float | None:
-    return FUSED_LEAKY_RELU_ALPHA if activation == "leaky_relu" else None
+            fused[layer.name] = following.layer
+    return fused
 
 
 def run(
@@ -245,7 +260,12 @@ def run(
     on_layer: LayerCallback | None = None,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Run ``model`` on the batch ``x`` (N, *model.input_shape) and return the last output.
+    """Run ``model`` on the batch ``x`` (N, *model.input_shape) and return its output.
+
+    The layers run in graph order; each output is released as soon as its last consumer
+    has run. Without ``on_layer``, an Activation layer right after a conv or dense layer
+    (its only consumer) is fused into it, and other element-wise activations overwrite
+    arrays no later layer needs.
 
     Args:
         params: ``"<layer>.<param>"`` -> array (from :func:`init_params` or :func:`load_weights`).
@@ -258,7 +278,7 @@ def run(
         ShapeError: ``x`` does not match the model's input shape, or a layer does not fit.
         WeightsError: a parameter is missing from ``params``.
     """
-    model.shapes()  # every layer must fit before any work is done
+    nodes = model.nodes()  # every layer must fit before any work is done
     x = np.ascontiguousarray(x, dtype=np.float32)
     expected = tuple(model.input_shape)
     if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
@@ -267,13 +287,46 @@ def run(
             f"{', '.join(str(n) for n in expected)})). Received: an array of shape {_shape_text(x.shape)}"
         )
     generator = rng if rng is not None else np.random.default_rng(seed)
-    if on_layer is None:
-        return _run_fused(model.layers, x, params, train_dropout=train_dropout, rng=generator)
-    for layer in model.layers:
+    output = model.output_name
+    consumers: dict[str, int] = {output: 1}
+    for node in nodes:
+        for source in node.inputs:
+            consumers[source] = consumers.get(source, 0) + 1
+    fused = {} if on_layer is not None else _fusion(model, consumers)
+    values: dict[str, np.ndarray] = {model.input_name: x}
+    owned: set[str] = set()  # arrays made here, which an in-place activation may overwrite
+    skip: set[str] = set()
+    for node in nodes:
+        layer = node.layer
+        if layer.name in skip:
+            continue
+        xs = [values[source] for source in node.inputs]
+        activation = fused.get(layer.name)
+        inplace = (
+            on_layer is None and len(node.inputs) == 1 and node.inputs[0] in owned
+            and consumers[node.inputs[0]] == 1
+        )
+        ctx = L.Context(
+            train_dropout=train_dropout, rng=generator, inplace=inplace,
+            activation=activation.function if activation else None,
+            alpha=activation.alpha if activation else None,
+        )
         start = time.perf_counter()
-        x = _forward_layer(layer, x, params, train_dropout=train_dropout, rng=generator)
-        on_layer(layer, x, time.perf_counter() - start)
-    return x
+        out = layer.forward(_layer_weights(params, node), xs, ctx)
+        if on_layer is not None:
+            on_layer(layer, out, time.perf_counter() - start)
+        name = layer.name
+        if activation is not None:
+            skip.add(activation.name)
+            name = activation.name
+        values[name] = out
+        if not any(np.may_share_memory(out, v) for v in xs) and out is not x:
+            owned.add(name)
+        for source in node.inputs:
+            consumers[source] -= 1
+            if consumers[source] == 0:
+                del values[source]
+    return values[output]
 
 
 # --------------------------------------------------------------------------------------
@@ -323,7 +376,8 @@ def is_softmax_output(model: L.Model) -> bool:
     """True when the model ends in a softmax over a flat output (class probabilities)."""
     if not model.layers or len(model.output_shape()) != 1:
         return False
-    return L.output_activation(model.layers[-1]) == "softmax"
+    last = next(layer for layer in model.layers if layer.name == model.output_name)
+    return L.output_activation(last) == "softmax"
 
 
 class LayerStats:

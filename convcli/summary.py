@@ -45,6 +45,20 @@ class Row:
     """Parameters updated by training (all but BatchNormalization's moving statistics)."""
     activation: str | None = None
     """The fused activation (Keras' ``activation=``) or the Activation layer's function."""
+    inputs: tuple[str, ...] = ()
+    """The layers feeding this one (the model input by its name)."""
+    unreached: tuple[int, int] | None = None
+    """Rows and columns at the bottom/right that the layer's windows never read (Keras floors
+    a size that does not fit; imported models only)."""
+
+    @property
+    def note(self) -> str | None:
+        """The floored-size note (``window misses 1 row, 0 columns``), None when all is read."""
+        if self.unreached is None:
+            return None
+        rows, cols = self.unreached
+        return (f"windows never reach the last {rows} row{'s' if rows != 1 else ''} and "
+                f"{cols} column{'s' if cols != 1 else ''}")
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON-ready data (SPEC keys)."""
@@ -65,6 +79,8 @@ class Row:
             "receptive_field": rf,
             "activation_bytes": self.activation_bytes,
             "activation": self.activation,
+            "inputs": list(self.inputs),
+            "note": self.note,
         }
 
 
@@ -95,8 +111,14 @@ class Summary:
         """FLOPs counted as 2 per multiply-accumulate."""
         return 2 * self.total_macs
 
+    output_name: str = ""
+    """The layer giving the model's output (the last row unless the model says otherwise)."""
+
     @property
     def output_shape(self) -> Shape:
+        for row in self.rows:
+            if row.name == self.output_name:
+                return row.output_shape
         return self.rows[-1].output_shape if self.rows else self.input_shape
 
     def to_json(self) -> dict[str, Any]:
@@ -142,51 +164,74 @@ def _bytes(shape: Shape) -> int:
 
 
 def summarize(model: Model) -> Summary:
-    """Compute the summary of ``model``.
+    """Compute the summary of ``model`` (a chain or any graph).
+
+    The receptive field of a join is that of its widest input; once a layer sees the whole
+    input (Flatten, global pooling) or changes the layout (Reshape, upsampling), it is no
+    longer tracked. The peak activation memory is the largest total of the outputs alive
+    while one layer runs (its inputs, every output a later layer still needs, its output).
 
     Raises:
         ShapeError: at the first layer that does not fit, naming it and the fractional size.
     """
-    rows: list[Row] = []
-    # receptive field per axis: size, jump, centre of the first neuron's field
-    size = [1, 1]
-    jump = [1, 1]
-    start = [Fraction(1, 2), Fraction(1, 2)]
-    spatial_input = len(model.input_shape) == 3
-    is_global = not spatial_input
+    nodes = model.nodes()
+    if not nodes:
+        raise ShapeError("the model has no layers")
+    # receptive field per tensor: (size, jump, start) per axis, None once no longer tracked
+    Field = tuple[list[int], list[int], list[Fraction]]
+    fields: dict[str, Field | None] = {
+        model.input_name: ([1, 1], [1, 1], [Fraction(1, 2), Fraction(1, 2)]) if len(model.input_shape) == 3 else None
+    }
+    consumers: dict[str, int] = {model.output_name: 1}
+    for node in nodes:
+        for source in node.inputs:
+            consumers[source] = consumers.get(source, 0) + 1
+    alive: dict[str, int] = {model.input_name: _bytes(tuple(model.input_shape))}
     peak = 0
-    for layer, in_shape, out_shape in model.shapes():
-        if layer.spatial == "global":
-            is_global = True
-        elif layer.spatial == "window" and not is_global:
-            window = layer.window(in_shape)
-            assert window is not None
-            for axis in (0, 1):
-                size[axis], jump[axis], start[axis] = geometry.receptive_field_step(
-                    size[axis], jump[axis], start[axis], window.kernel[axis], window.strides[axis],
-                    window.pad_before[axis], window.dilation[axis],
-                )
-        rf = None if is_global else (size[0], size[1], jump[0], jump[1])
-        params = layer.params(in_shape)
-        # BatchNormalization's moving mean and variance (half its parameters) are not trained
-        trainable = params // 2 if layer.type == "BatchNormalization" else params
-        row = Row(
+    rows: list[Row] = []
+    for node in nodes:
+        layer, in_shapes, out_shape = node.layer, node.input_shapes, node.output_shape
+        inputs = [fields[source] for source in node.inputs]
+        kind = layer.spatial_kind(*in_shapes)
+        field: Field | None = None
+        if kind != "global" and all(f is not None for f in inputs):
+            widest = max(inputs, key=lambda f: f[0][0] * f[0][1])  # type: ignore[index]
+            assert widest is not None
+            size, jump, start = list(widest[0]), list(widest[1]), list(widest[2])
+            if kind == "window":
+                window = layer.window(*in_shapes)
+                assert window is not None
+                for axis in (0, 1):
+                    size[axis], jump[axis], start[axis] = geometry.receptive_field_step(
+                        size[axis], jump[axis], start[axis], window.kernel[axis], window.strides[axis],
+                        window.pad_before[axis], window.dilation[axis],
+                    )
+            field = (size, jump, start)
+        fields[layer.name] = field
+        out_bytes = _bytes(out_shape)
+        peak = max(peak, sum(alive.values()) + out_bytes)
+        alive[layer.name] = out_bytes
+        for source in node.inputs:
+            consumers[source] -= 1
+            if consumers[source] == 0:
+                alive.pop(source, None)
+        if consumers.get(layer.name, 0) == 0:
+            alive.pop(layer.name, None)
+        rows.append(Row(
             name=layer.name,
             type=layer.type,
-            input_shape=in_shape,
+            input_shape=in_shapes[0],
             output_shape=out_shape,
-            params=params,
-            params_unshared=layer.params_unshared(in_shape),
-            macs=layer.macs(in_shape),
-            receptive_field=rf,
-            activation_bytes=_bytes(out_shape),
-            trainable_params=trainable,
+            params=layer.params(*in_shapes),
+            params_unshared=layer.params_unshared(*in_shapes),
+            macs=layer.macs(*in_shapes),
+            receptive_field=None if field is None else (field[0][0], field[0][1], field[1][0], field[1][1]),
+            activation_bytes=out_bytes,
+            trainable_params=layer.trainable_params(*in_shapes),
             activation=output_activation(layer),
-        )
-        rows.append(row)
-        peak = max(peak, _bytes(in_shape) + _bytes(out_shape))
-    if not rows:
-        raise ShapeError("the model has no layers")
+            inputs=node.inputs,
+            unreached=layer.unreached(*in_shapes) if getattr(layer, "floor", False) else None,
+        ))
     return Summary(
         name=model.name,
         input_shape=tuple(model.input_shape),
@@ -195,6 +240,7 @@ def summarize(model: Model) -> Summary:
         trainable_params=sum(r.trainable_params for r in rows),
         total_macs=sum(r.macs for r in rows),
         peak_activation_bytes=peak,
+        output_name=model.output_name,
     )
 
 

@@ -263,6 +263,10 @@ class Layer:
         return cls(name=name)
 
     # arithmetic
+    def spatial_kind(self, *input_shapes: Shape) -> Spatial:
+        """How this layer changes the receptive field for these inputs (default: ``spatial``)."""
+        return self.spatial
+
     def output_shape(self, *input_shapes: Shape) -> Shape:
         """Output shape (batch excluded); ShapeError if it does not fit."""
         return tuple(input_shapes[0])

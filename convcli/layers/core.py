@@ -65,6 +65,9 @@ class Dense(Layer):
                    use_bias=read_bool("use_bias", cfg.get("use_bias", True)),
                    activation=read_activation(cfg.get("activation")))
 
+    def spatial_kind(self, *input_shapes: Shape) -> Spatial:
+        return "global" if len(input_shapes[0]) == 1 else "pointwise"
+
     def output_shape(self, *input_shapes: Shape) -> Shape:
         return (*input_shapes[0][:-1], self.units)
 
