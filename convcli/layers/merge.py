@@ -14,6 +14,7 @@ from convcli.layers.base import (
     Unsupported,
     Value,
     is_int,
+    read_float,
     read_int,
     register,
     shape_text,
@@ -236,3 +237,40 @@ class Concatenate(Layer):
         import numpy as np
 
         return np.concatenate(xs, axis=self._axis(xs[0].ndim - 1) + 1)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class CustomScaleLayer(Layer):
+    """``x + scale * residual``: InceptionResNetV2's scaled residual join (Keras'
+    ``keras.src.applications.inception_resnet_v2.CustomScaleLayer``: inputs[0] + inputs[1] * scale)."""
+
+    scale: float = 1.0
+    type: ClassVar[str] = "CustomScaleLayer"
+    arity: ClassVar[int | None] = 2
+    tokens: ClassVar[tuple[str, ...]] = ("SCALEDADD",)
+    prefix: ClassVar[str] = "scaledadd"
+    positional: ClassVar[tuple[str, ...]] = ("scale",)
+    keras_classes: ClassVar[tuple[str, ...]] = ("CustomScaleLayer",)
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
+        return cls(name=name, scale=read_float("scale", args.get("scale", 1.0)))
+
+    @classmethod
+    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
+        return cls(name=name, scale=read_float("scale", cfg.get("scale", 1.0)))
+
+    def output_shape(self, *input_shapes: Shape) -> Shape:
+        if input_shapes[0] != input_shapes[1]:
+            raise ShapeError(
+                f"layer '{self.name}' (CustomScaleLayer) cannot add shapes {_shapes_text(input_shapes)}"
+            )
+        return tuple(input_shapes[0])
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        import numpy as np
+
+        out = xs[1] * np.float32(self.scale)
+        out += xs[0]
+        return out
