@@ -48,6 +48,7 @@ __all__ = [
     "install_signal_cleanup",
     "label_of",
     "load_npy",
+    "npy_rows",
     "open_npz",
     "read_bytes",
     "read_text",
@@ -226,6 +227,63 @@ def load_npy(
             return _read_npy(stream, size, name, error)
     except OSError as exc:
         raise error(f"{name} cannot be read: {exc.strerror or exc}") from None
+
+
+def npy_rows(
+    source: str | Path, *, label: str | None = None, error: ErrorType = InputError
+) -> tuple[tuple[int, ...], np.dtype[Any], Callable[[int, int], np.ndarray]] | None:
+    """A ``.npy`` file opened to be read a few rows at a time, never whole.
+
+    Returns (shape, dtype, read) where ``read(r0, r1)`` gives rows r0..r1 (along the
+    first axis) in the file's dtype, read with ``preadv`` (safe from several threads);
+    the file stays open until ``read`` is garbage-collected. Returns None for anything
+    that is not a numeric C-ordered array whose file holds exactly the bytes its header
+    declares (stdin, Fortran order, a lying header, not a ``.npy`` at all): those are
+    read whole, with :func:`load_npy`'s checks and messages.
+    """
+    import weakref
+
+    import numpy as np
+
+    if str(source) == "-":
+        return None
+    name = label or f"input {label_of(source)}"
+    try:
+        handle = os.open(source, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(os.dup(handle), "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if sniff(stream.read(len(NPY_MAGIC))) != "npy":
+                raise ValueError
+            stream.seek(0)
+            shape, fortran, dtype = _npy_header(stream, name, error)
+            offset = stream.tell()
+    except (ValueError, OSError, ConvcliError):
+        os.close(handle)
+        return None
+    if fortran or dtype.kind not in "biuf" or not shape or size != offset + _data_bytes(shape, dtype):
+        os.close(handle)
+        return None
+    row_bytes = _data_bytes(shape[1:], dtype)
+
+    def read(r0: int, r1: int) -> np.ndarray:
+        rows = np.empty((r1 - r0, *shape[1:]), dtype=dtype)
+        view = rows.data.cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                count = os.preadv(handle, [view[done:]], offset + r0 * row_bytes + done)
+            except OSError as exc:
+                raise error(f"{name} cannot be read: {exc.strerror or exc}") from None
+            if count <= 0:
+                raise error(f"{name} was truncated while it was being read")
+            done += count
+        return rows
+
+    weakref.finalize(read, os.close, handle)
+    return shape, dtype, read
 
 
 def _refuse_other_kind(head: bytes, label: str, error: ErrorType) -> None:

@@ -32,7 +32,7 @@ product is kept small enough that OpenBLAS does not start threads of its own).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +45,7 @@ from convcli.errors import InputError, KernelError, ShapeError
 __all__ = [
     "MODES",
     "correlate",
+    "filter_bands",
     "filter_chain",
     "gradient_magnitude",
     "plan",
@@ -245,6 +246,22 @@ def _balance(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`_find_separable_terms`, remembered per kernel (the bands of one image, and
+    the images of a batch, plan the same kernel again and again)."""
+    key = (w.shape, w.tobytes())
+    found = _TERMS.get(key)
+    if found is None:
+        found = _find_separable_terms(w)
+        if len(_TERMS) >= 64:
+            _TERMS.clear()
+        _TERMS[key] = found
+    return list(found[0]), list(found[1])
+
+
+_TERMS: dict[tuple[tuple[int, ...], bytes], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+
+def _find_separable_terms(w: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Exact sum-of-outer-products form of ``w`` with as few terms as possible.
 
     For r = 1, 2, ... tries cross approximation, then the SVD truncated to rank r; a
@@ -1072,3 +1089,102 @@ def filter_chain(
         else:
             result = correlate(result, step, **options)  # type: ignore[arg-type]
     return result
+
+
+# --------------------------------------------------------------------------- bands
+
+
+def _halo(steps: Sequence[Step]) -> tuple[int, int]:
+    """Rows above and below an output row that a chain reads (its receptive field)."""
+    above = below = 0
+    for step in steps:
+        kernels = step if isinstance(step, tuple) else (step,)
+        rows = [int(np.shape(k)[0]) for k in kernels]
+        above += max(k // 2 for k in rows)
+        below += max(k - 1 - k // 2 for k in rows)
+    return above, below
+
+
+def band_rows(height: int, steps: Sequence[Step]) -> int:
+    """Output rows per band for :func:`filter_bands` (``height`` when one band is best).
+
+    A band re-reads ``halo`` rows on each side, so it is at least eight halos tall (at
+    most a quarter more work); it is kept near 64 rows (4K RGB: 3 MB of float32, a
+    cache-friendly unit that each core finishes alone). An image of fewer than eight
+    such bands is one band. The split never depends on the number of threads, so
+    neither do the results (nor the bytes of a file encoded band by band).
+    """
+    above, below = _halo(steps)
+    rows = max(64, 8 * (above + below))
+    return height if height < 8 * rows else rows
+
+
+def filter_bands(
+    read_rows: Callable[[int, int], np.ndarray],
+    height: int,
+    steps: Sequence[Step],
+    finish: Callable[[int, int, np.ndarray], object],
+    *,
+    mode: str = "reflect",
+    cval: float = 0.0,
+    workers: int | None = None,
+    rows: int | None = None,
+) -> Iterator[object]:
+    """:func:`filter_chain` (``padding="same"``, stride 1) band by band, in order.
+
+    The image is never held whole: ``read_rows(r0, r1)`` returns input rows r0..r1 as
+    float32 (n, W, C); each band of output rows is computed from its rows plus the
+    chain's receptive field above and below (the halo), then ``finish(r0, r1, result)``
+    turns it into whatever the caller keeps (encoded bytes, say). Bands run on all
+    cores, read, filter and finish in the same thread while the band is in cache; the
+    results of ``finish`` are yielded in order, at most a few bands ahead of the
+    consumer, so memory stays a few bands whatever the image's size.
+
+    The result of every band equals the rows of ``filter_chain(image, steps, ...)``: a
+    band that touches the image's top or bottom border has that border as its own, so
+    the border rule applies there as on the whole image (``wrap`` reads the opposite
+    border and is therefore refused here). Each output row lies at least the halo away
+    from any other band edge, so every value it reads is the same as in the whole image.
+
+    Raises:
+        InputError: unknown ``mode``, or ``mode="wrap"``.
+    """
+    _check_mode(mode)
+    if mode == "wrap":
+        raise InputError("filter_bands cannot wrap around: filter the whole image instead")
+    if len(steps) == 0:
+        raise KernelError("The filter chain is empty: give at least one kernel")
+    n_workers = _workers(workers)
+    above, below = _halo(steps)
+    # Never thinner than the halo: a band at a border must hold every row the border
+    # rule reflects back in, as the whole image does.
+    size = max(rows or band_rows(height, steps), 2 * (above + below), 1)
+    starts = list(range(0, height, size))
+    # One band: the engine itself spreads it over the cores.
+    engine_workers = n_workers if len(starts) == 1 else 1
+
+    def band(r0: int) -> object:
+        r1 = min(r0 + size, height)
+        lo, hi = max(0, r0 - above), min(height, r1 + below)
+        source = read_rows(lo, hi)
+        result = filter_chain(source, steps, mode=mode, cval=cval, workers=engine_workers)
+        return finish(r0, r1, result[r0 - lo : r1 - lo])
+
+    if len(starts) == 1 or n_workers == 1:
+        for r0 in starts:
+            yield band(r0)
+        return
+    ahead = 2 * n_workers
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        pending = [pool.submit(band, r0) for r0 in starts[:ahead]]
+        following = iter(starts[ahead:])
+        try:
+            while pending:
+                done = pending.pop(0).result()
+                nxt = next(following, None)
+                if nxt is not None:
+                    pending.append(pool.submit(band, nxt))
+                yield done
+        finally:
+            for future in pending:
+                future.cancel()

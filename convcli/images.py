@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -251,6 +252,117 @@ def to_unit_float(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     return loaded.data / np.float32(2**loaded.bit_depth - 1)
 
 
+# ----------------------------------------------------------------------------- bands
+
+
+@dataclass
+class ImageRows:
+    """An image opened to be filtered band by band: rows are converted when asked.
+
+    Only the file's own pixels stay in memory (a decoded Pillow image, or nothing at all
+    for a ``.npy`` file, whose rows are read from disk as needed), never a float32 copy
+    of the whole image.
+
+    Attributes:
+        height, width: the image's size.
+        like: the image's mode, depth, alpha and metadata as :func:`read_image` gives
+            them, with ``data`` an empty (0, W, C) array.
+    """
+
+    height: int
+    width: int
+    like: LoadedImage
+    _read: Any  # (r0, r1) -> stored rows (n, W, C) in the file's dtype, alpha included
+    _colours: int  # stored bands that are colour (the rest is alpha)
+    _gray: bool
+
+    def read(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 as float32 (n, W, C), as :func:`read_image` converts them."""
+        stored = self._read(r0, r1)
+        data = np.asarray(stored[:, :, : self._colours], dtype=np.float32)
+        if self._gray and data.shape[2] != 1:
+            data = _luma(data, self.like.mode, self.like.source)
+        return data
+
+
+def open_rows(
+    source: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, gray: bool = False
+) -> ImageRows | None:
+    """Open an image file or ``.npy`` file to be read band by band.
+
+    The same rules as :func:`read_image` (the same errors, the same float32 values);
+    returns None for stdin and for ``.npy`` files that are not plain C-ordered arrays,
+    which the caller reads whole.
+
+    Raises:
+        InputError: as :func:`read_image`.
+    """
+    if str(source) == "-":
+        return None
+    path = Path(source)
+    if path.is_file() and path.stat().st_size >= len(_NPY_MAGIC):
+        with open(path, "rb") as handle:
+            is_npy = handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+        if is_npy:
+            return _open_npy_rows(path, gray)
+    raw = _read_bytes(source)
+    if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
+        return None
+    image = _open_pil(raw, source, max_pixels)
+    del raw
+    fmt = image.format
+    info = {k: image.info[k] for k in ("icc_profile",) if image.info.get(k)}
+    if image.mode == "CMYK" and gray:
+        image = image.convert("RGB")
+    image, mode, depth, has_alpha = _normalise_mode(image)
+    width, height = image.size
+    bands = len(image.getbands())
+    colours = bands - 1 if has_alpha else bands
+    if image.mode not in _NATIVE_MODES and not (image.mode == "I" and mode == "I;16"):
+        return None  # rare: read whole
+    if gray and colours not in (1, 3):
+        _luma(np.empty((0, 0, colours), np.float32), mode, source)  # raises the message
+
+    def read(r0: int, r1: int) -> np.ndarray:
+        array = np.asarray(image.crop((0, r0, width, r1)))
+        return array[:, :, None] if array.ndim == 2 else array
+
+    alpha = None
+    if has_alpha:
+        alpha = np.asarray(image.getchannel(bands - 1))
+    empty = np.empty((0, width, colours), np.float32)
+    like = LoadedImage(empty, alpha, mode, depth, str(source), fmt, False, info)
+    if gray and colours != 1:
+        like.data = like.data[:, :, :1]
+        like.mode = "LA" if alpha is not None else "L"
+        like.info = {}
+    return ImageRows(height, width, like, read, colours, gray)
+
+
+def _open_npy_rows(path: Path, gray: bool) -> ImageRows | None:
+    from convcli import fileio
+
+    opened = fileio.npy_rows(path, label=f"input {_label(path)}")
+    if opened is None:
+        return None
+    shape, _dtype, read_file = opened
+    if len(shape) not in (2, 3) or 0 in shape:
+        return None
+    height, width = shape[0], shape[1]
+    channels = shape[2] if len(shape) == 3 else 1
+
+    def read(r0: int, r1: int) -> np.ndarray:
+        return read_file(r0, r1).reshape(r1 - r0, width, channels)
+
+    empty = np.empty((0, width, channels), np.float32)
+    like = LoadedImage(empty, None, "npy", None, str(path), "NPY", len(shape) == 2)
+    if gray and channels not in (1, 3):
+        _luma(like.data, "npy", path)
+    if gray and channels != 1:
+        like.data = like.data[:, :, :1]
+    return ImageRows(height, width, like, read, channels, gray)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -284,10 +396,26 @@ def output_format(dest: str | Path, format: str | None = None) -> str:
     return from_ext or "PNG"
 
 
+#: Formats every Pillow build writes, by extension or name: known without
+#: ``Image.registered_extensions()``, which imports all of Pillow's ~40 plugins (about a
+#: tenth of a second, more than the rest of a small filter run's start-up).
+_CORE_FORMATS = {
+    "png": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+    "bmp": "BMP",
+    "gif": "GIF",
+}
+
+
 def _format_from_name(name: str, what: str) -> str:
     key = name.lower().lstrip(".")
     if key == "npy":
         return "NPY"
+    if key in _CORE_FORMATS:
+        return _CORE_FORMATS[key]
     from PIL import Image
 
     extensions = Image.registered_extensions()
@@ -318,23 +446,32 @@ def extension_for(fmt: str) -> str:
 
 
 def _integer_pixels(
-    data: np.ndarray, bit_depth: int, *, rescale: bool, absolute: bool
+    data: np.ndarray, bit_depth: int, *, rescale: bool, absolute: bool, scratch: bool = False
 ) -> np.ndarray:
-    """Round to nearest and clip to 0..2**bit_depth-1 (after --abs / --rescale)."""
+    """Round to nearest and clip to 0..2**bit_depth-1 (after --abs / --rescale).
+
+    NaN becomes 0, infinity the end of the range. ``scratch``: ``data`` (float32) may be
+    overwritten, which saves a copy (a band that is encoded right after).
+    """
     top = np.float32(2**bit_depth - 1)
-    work = np.abs(data, dtype=np.float32) if absolute else None
+    if scratch and data.dtype == np.float32:
+        work = data
+        if absolute:
+            np.abs(work, out=work)
+    else:
+        work = np.abs(data, dtype=np.float32) if absolute else np.array(data, np.float32)
     if rescale:
-        source = data if work is None else work
-        lo, hi = float(np.nanmin(source)), float(np.nanmax(source))
+        lo, hi = float(np.nanmin(work)), float(np.nanmax(work))
         if hi > lo:
-            work = np.subtract(source, np.float32(lo), dtype=np.float32)
+            np.subtract(work, np.float32(lo), out=work)
             work *= np.float32(float(top) / (hi - lo))
         else:
-            work = np.zeros(data.shape, dtype=np.float32)
-    work = np.rint(data if work is None else work, out=work, dtype=np.float32)
-    # fmax/fmin rather than clip: they also send NaN to 0 (and inf to the ends) in one pass
-    np.fmax(work, np.float32(0), out=work)
-    np.fmin(work, top, out=work)
+            work.fill(0.0)
+    np.rint(work, out=work)
+    # clip is one fast pass, but keeps NaN: min() is NaN exactly when some value is.
+    np.clip(work, np.float32(0), top, out=work)
+    if np.isnan(work.min()):
+        work[np.isnan(work)] = 0.0
     return work.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
@@ -401,68 +538,143 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     )
 
 
+class _PngBands:
+    """PNG encoding by bands of rows, each band's deflate independent of the others.
+
+    Each band is row-filtered and deflated on its own (zlib releases the GIL, so bands
+    run on all cores) and ends on a byte boundary (Z_FULL_FLUSH), so the bands
+    concatenate into one valid zlib stream, as pigz does; the Adler-32 checksums of the
+    bands are combined at the end. Rows use the PNG "Up" filter (each byte minus the byte
+    above), the first row of a band "Sub" (minus the byte one pixel to the left), so a
+    band needs no row of another: one numpy subtraction each. Pillow tries several
+    filters per row: ~2x slower, ~5% smaller files.
+    """
+
+    def __init__(self, width: int, height: int, mode: str, depth: int, level: int) -> None:
+        self.width, self.height, self.mode, self.depth, self.level = (
+            width,
+            height,
+            mode,
+            depth,
+            level,
+        )
+        self.checksum = 1
+        self.started = False
+
+    def encode(self, pixels: np.ndarray, last: bool) -> tuple[bytes, int, int, bool]:
+        """One band (n, W, C) of uint8/uint16 pixels: (deflated bytes, Adler-32, length,
+        ``last``); ``last`` for the image's last band, which ends the deflate stream."""
+        import zlib
+
+        if pixels.dtype == np.uint16:
+            pixels = pixels.astype(">u2")
+        n = pixels.shape[0]
+        rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(n, -1)
+        bpp = rows.shape[1] // self.width  # bytes per pixel
+        filtered = np.empty((n, rows.shape[1] + 1), dtype=np.uint8)
+        filtered[0, 0] = 1  # "Sub"
+        filtered[0, 1 : bpp + 1] = rows[0, :bpp]
+        np.subtract(rows[0, bpp:], rows[0, :-bpp], out=filtered[0, bpp + 1 :])
+        filtered[1:, 0] = 2  # "Up"
+        np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+        data = filtered.data.cast("B")
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, -15)
+        body = compressor.compress(data) + compressor.flush(
+            zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH
+        )
+        return body, zlib.adler32(data), len(data), last
+
+    def start(self, stream: BinaryIO, icc: bytes | None) -> None:
+        """Signature, header and colour profile."""
+        import struct
+        import zlib
+
+        stream.write(b"\x89PNG\r\n\x1a\n")
+        header = struct.pack(
+            ">IIBBBBB",
+            self.width,
+            self.height,
+            self.depth,
+            _PNG_COLOUR_TYPES[self.mode],
+            0,
+            0,
+            0,
+        )
+        stream.write(_png_chunk(b"IHDR", header))
+        if icc:
+            stream.write(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc)))
+
+    def write(self, stream: BinaryIO, part: tuple[bytes, int, int, bool]) -> None:
+        """One encoded band as an IDAT chunk (the zlib header before the first, the
+        combined checksum after the last, then the end of the file)."""
+        import struct
+
+        body, checksum, length, last = part
+        self.checksum = _adler32_combine(self.checksum, checksum, length)
+        pieces = [body]
+        if not self.started:
+            # deflate, 32K window (0x78); FLEVEL/FCHECK as zlib writes them per level
+            level = self.level
+            pieces.insert(
+                0,
+                b"\x78"
+                + (
+                    b"\x01"
+                    if level < 2
+                    else b"\x5e"
+                    if level < 6
+                    else b"\x9c"
+                    if level == 6
+                    else b"\xda"
+                ),
+            )
+            self.started = True
+        if last:
+            pieces.append(struct.pack(">I", self.checksum))
+        stream.write(_png_chunk(b"IDAT", b"".join(pieces)))
+        if last:
+            stream.write(_png_chunk(b"IEND", b""))
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """Adler-32 of A + B from those of A and B and the length of B (zlib's
+    ``adler32_combine``, which Python's zlib module does not expose)."""
+    base = 65521
+    rem = second_length % base
+    low = first & 0xFFFF
+    high = (rem * low) % base
+    low += (second & 0xFFFF) + base - 1
+    high += (first >> 16) + (second >> 16) + base - rem
+    return (low % base) | ((high % base) << 16)
+
+
 def _write_png(
     stream: BinaryIO, pixels: np.ndarray, mode: str, level: int, icc: bytes | None
 ) -> None:
-    """Write an 8- or 16-bit PNG faster than Pillow, with the same pixels.
+    """Write a whole 8- or 16-bit image as PNG, its bands deflated on all cores.
 
-    Two measured choices: every row uses the PNG "Up" filter, computed with one numpy
-    subtraction (Pillow tries several filters per row: slower, ~5% smaller files), and
-    the filtered rows are deflated in slices on all cores (zlib releases the GIL), each
-    slice ending on a byte boundary (Z_FULL_FLUSH) so the slices concatenate into one
-    valid stream, as pigz does. On a 3840x2160 RGB image at level 1 this takes about half
-    of Pillow's time (files ~5% larger); at level 6, about half as well.
+    On a 3840x2160 RGB image at level 1 this takes about half of Pillow's time (files
+    ~5% larger); at level 6, about half as well.
     """
-    import struct
-    import zlib
-
     height, width, channels = pixels.shape
-    depth = 16 if pixels.dtype == np.uint16 else 8
-    if depth == 16:
-        pixels = pixels.astype(">u2")
-    rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(height, -1)
-    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # "Up": each byte minus the byte above (the row above row 0 is zeros)
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-
-    slices = max(1, min(os.cpu_count() or 1, filtered.nbytes // _PNG_SLICE_BYTES))
+    encoder = _PngBands(width, height, mode, 16 if pixels.dtype == np.uint16 else 8, level)
+    slices = max(1, min(os.cpu_count() or 1, pixels.nbytes // _PNG_SLICE_BYTES))
     bounds = [height * i // slices for i in range(slices + 1)]
-    parts = [memoryview(filtered[bounds[i] : bounds[i + 1]]).cast("B") for i in range(slices)]
+    jobs = [(bounds[i], bounds[i + 1]) for i in range(slices) if bounds[i + 1] > bounds[i]]
 
-    def deflate(index: int) -> bytes:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-        last = index == slices - 1
-        return compressor.compress(parts[index]) + compressor.flush(
-            zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH
-        )
+    def encode(job: tuple[int, int]) -> tuple[bytes, int, int, bool]:
+        return encoder.encode(pixels[job[0] : job[1]], job[1] == height)
 
-    if slices == 1:
-        bodies = [deflate(0)]
+    if len(jobs) == 1:
+        parts = [encode(jobs[0])]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=slices) as pool:
-            bodies = list(pool.map(deflate, range(slices)))
-    checksum = 1
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            parts = list(pool.map(encode, jobs))
+    encoder.start(stream, icc)
     for part in parts:
-        checksum = zlib.adler32(part, checksum)
-    # zlib header: deflate, 32K window (0x78); FLEVEL/FCHECK as zlib writes them per level
-    header = b"\x78" + (
-        b"\x01" if level < 2 else b"\x5e" if level < 6 else b"\x9c" if level == 6 else b"\xda"
-    )
-    idat = b"".join([header, *bodies, struct.pack(">I", checksum)])
-
-    stream.write(b"\x89PNG\r\n\x1a\n")
-    stream.write(
-        _png_chunk(
-            b"IHDR", struct.pack(">IIBBBBB", width, height, depth, _PNG_COLOUR_TYPES[mode], 0, 0, 0)
-        )
-    )
-    if icc:
-        stream.write(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc)))
-    stream.write(_png_chunk(b"IDAT", idat))
-    stream.write(_png_chunk(b"IEND", b""))
+        encoder.write(stream, part)
 
 
 def _from_array(pixels: np.ndarray, mode: str) -> PILImage.Image:
@@ -620,3 +832,108 @@ def write_image(
         )
 
     return fileio.write_file(path, encode, what="output")
+
+
+def band_format(rows: ImageRows, dest: str | Path, format: str | None) -> str | None:
+    """The output format when :func:`write_bands` can write ``rows``' result, else None.
+
+    Bands are written as ``.npy`` (any input) and as PNG (8-bit inputs of PNG's colour
+    types); other formats go through :func:`write_image`.
+    """
+    fmt = output_format(dest, format)
+    if fmt == "NPY":
+        return fmt
+    like = rows.like
+    channels = like.data.shape[2] + (like.alpha is not None)
+    mode = like.mode if like.mode != "npy" else {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}.get(channels)
+    if fmt == "PNG" and mode in ("L", "LA", "RGB", "RGBA") and (like.bit_depth or 8) == 8:
+        return fmt
+    if fmt == "PNG" and mode == "I;16" and like.bit_depth == 16:
+        return fmt
+    return None
+
+
+def write_bands(
+    dest: str | Path,
+    rows: ImageRows,
+    run: Callable[[Callable[[int, int, np.ndarray], object]], Iterator[object]],
+    *,
+    fmt: str,
+    absolute: bool = False,
+    compress_level: int = 1,
+) -> None:
+    """Write a result that ``run`` produces band by band, without holding it whole.
+
+    ``run(finish)`` must call ``finish(r0, r1, result_rows)`` for consecutive bands of
+    rows (from any thread) and yield its results in order, as
+    :func:`convcli.filtering.filter_bands` does. Each band is converted (``absolute``,
+    round, clip, cast: :func:`write_image`'s rules) and, for PNG, row-filtered and
+    deflated inside ``finish``, on the thread that made it; this function writes the
+    parts in order to a temporary file that replaces ``dest`` at the end. ``fmt`` is
+    "PNG" or "NPY", as :func:`band_format` returns it; the result has the input's size.
+
+    Raises:
+        InputError: a missing output folder, ``compress_level`` outside 0..9.
+    """
+    like = rows.like
+    height, width = rows.height, rows.width
+    channels = like.data.shape[2]
+    if fmt == "NPY":
+        from numpy.lib import format as npy_format
+
+        flat = like.squeeze or (like.mode != "npy" and channels == 1)
+        shape = (height, width) if flat else (height, width, channels)
+
+        def finish_npy(r0: int, r1: int, result: np.ndarray) -> np.ndarray:
+            values = np.asarray(result, dtype="<f4")
+            if absolute:
+                values = np.abs(values, out=values if values is not result else None)
+            return values
+
+        def write_npy(stream: BinaryIO) -> None:
+            npy_format.write_array_header_1_0(
+                stream, {"descr": "<f4", "fortran_order": False, "shape": shape}
+            )
+            for values in run(finish_npy):
+                stream.write(np.ascontiguousarray(values).data.cast("B"))  # type: ignore[arg-type]
+
+        _write_output(dest, write_npy)
+        return
+
+    if not 0 <= compress_level <= 9:
+        raise InputError(
+            f"Unknown value for compress_level. Allowed values are: 0 to 9. "
+            f"Received: compress_level={compress_level}"
+        )
+    alpha = like.alpha
+    depth = 16 if like.mode == "I;16" else 8
+    layers = channels + (alpha is not None)
+    mode = "I;16" if depth == 16 else {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[layers]
+    encoder = _PngBands(width, height, mode, depth, compress_level)
+
+    def finish_png(r0: int, r1: int, result: np.ndarray) -> tuple[bytes, int, int, bool]:
+        pixels = _integer_pixels(result, depth, rescale=False, absolute=absolute, scratch=True)
+        if alpha is not None:
+            pixels = np.concatenate([pixels, alpha[r0:r1, :, None].astype(np.uint8)], axis=2)
+        return encoder.encode(pixels, r1 == height)
+
+    def write_png(stream: BinaryIO) -> None:
+        encoder.start(stream, like.info.get("icc_profile"))
+        for part in run(finish_png):
+            encoder.write(stream, part)  # type: ignore[arg-type]
+
+    _write_output(dest, write_png)
+
+
+def _write_output(dest: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(stream)`` to stdout ("-") or through :func:`convcli.fileio.write_file`."""
+    if str(dest) == "-":
+        write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    from convcli import fileio
+
+    path = Path(dest)
+    if path.is_dir():
+        raise InputError(f"Output '{path}' is a folder; use --out-dir to write into a folder")
+    fileio.write_file(path, write, what="output")

@@ -219,11 +219,73 @@ class Options:
     max_pixels: int | None
 
 
-def filter_one(job: Job, steps: list[Step], options: Options) -> bool:
-    """Read, filter and write one image. Returns True when its alpha was dropped."""
+def _filter_in_bands(
+    job: Job, steps: list[Step], options: Options, workers: int | None
+) -> bool:
+    """Filter one file band by band when its options allow it; False when they do not.
+
+    Same-size output (padding same, stride 1), no wrap-around, no --rescale (which needs
+    the whole result's range), a file (not stdin), written as PNG or .npy: decoding's
+    output is converted, filtered, rounded and encoded a band at a time on all cores, and
+    no whole float32 copy of the image is ever made.
+    """
+    from convcli import filtering, images
+
+    if (
+        options.padding != "same"
+        or options.stride != 1
+        or options.mode == "wrap"
+        or options.rescale
+        or job.source == "-"
+    ):
+        return False
+    try:
+        if images.output_format(job.dest, options.fmt) not in ("PNG", "NPY"):
+            return False
+    except InputError:
+        return False  # the whole-image path reports it
+    rows = images.open_rows(job.source, max_pixels=options.max_pixels, gray=options.gray)
+    if rows is None:
+        return False
+    fmt = images.band_format(rows, job.dest, options.fmt)
+    if fmt is None:
+        return False
+    weights = [step.weights for step in steps]
+
+    def run(finish: Any) -> Any:
+        return filtering.filter_bands(
+            rows.read,
+            rows.height,
+            weights,
+            finish,
+            mode=options.mode,
+            cval=options.cval,
+            workers=workers,
+        )
+
+    images.write_bands(
+        job.dest,
+        rows,
+        run,
+        fmt=fmt,
+        absolute=options.absolute,
+        compress_level=options.compress_level,
+    )
+    return True
+
+
+def filter_one(
+    job: Job, steps: list[Step], options: Options, workers: int | None = None
+) -> bool:
+    """Read, filter and write one image. Returns True when its alpha was dropped.
+
+    ``workers``: threads for this image (default: every core).
+    """
     from convcli import filtering
     from convcli.images import read_image, write_image
 
+    if _filter_in_bands(job, steps, options, workers):
+        return False  # same size: alpha is kept
     image: LoadedImage = read_image(job.source, max_pixels=options.max_pixels, gray=options.gray)
     output_size(image.size, steps, options.padding, options.stride)
     result: np.ndarray = filtering.filter_chain(
@@ -233,6 +295,7 @@ def filter_one(job: Job, steps: list[Step], options: Options) -> bool:
         cval=options.cval,
         padding=options.padding,
         stride=options.stride,
+        workers=workers,
     )
     return write_image(
         result,
@@ -273,8 +336,13 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
     dropped_any = False
     show_progress = refuses_terminal(sys.stderr)
     # numpy, scipy.ndimage and Pillow's codecs release the GIL: threads use every core.
+    cores = os.cpu_count() or 1
+    # Images side by side share the cores: each gets its part (and at least one).
+    per_image = max(1, cores // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(filter_one, job, steps, options): job for job in jobs}
+        futures = {
+            pool.submit(filter_one, job, steps, options, per_image): job for job in jobs
+        }
         progress = None
         if show_progress:
             from rich.progress import (
