@@ -113,6 +113,8 @@ class Summary:
 
     output_name: str = ""
     """The layer giving the model's output (the last row unless the model says otherwise)."""
+    input_name: str = "input"
+    """The name layers use for the model's input."""
 
     @property
     def output_shape(self) -> Shape:
@@ -138,6 +140,54 @@ class Summary:
             "peak_activation_bytes": self.peak_activation_bytes,
         }
 
+    def to_dot(self) -> str:
+        r"""The graph in Graphviz DOT: a box per layer with its type and output shape, an edge
+        per connection; joins are filled so merges stand out (``| dot -Tsvg > model.svg``).
+
+        >>> from convcli.spec import parse_arrow
+        >>> print(summarize(parse_arrow("INPUT(8,8,3) => RESIDUAL(CONV(3,3,pad=same))")).to_dot())
+        digraph "model" {
+          rankdir=TB;
+          node [shape=box, style="rounded", fontname="Helvetica", fontsize=10];
+          "input" [label="input\nInput\n8x8x3"];
+          "conv1" [label="conv1\nConv2D\n8x8x3\n84 params"];
+          "add1" [label="add1\nAdd\n8x8x3", style="rounded,filled", fillcolor="#dde8f5"];
+          "input" -> "conv1";
+          "input" -> "add1";
+          "conv1" -> "add1";
+        }
+        """
+
+        def quote(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        def label(parts: list[str]) -> str:
+            return "label=" + "\\n".join(quote(part)[1:-1] for part in parts).join('""')
+
+        lines = [
+            f"digraph {quote(self.name)} {{",
+            "  rankdir=TB;",
+            '  node [shape=box, style="rounded", fontname="Helvetica", fontsize=10];',
+            f"  {quote(self.input_name)} [{label([self.input_name, 'Input', _shape_x(self.input_shape)])}];",
+        ]
+        for row in self.rows:
+            if row.type == "Activation" and row.activation:
+                kind = f"Activation: {row.activation}"
+            else:
+                kind = row.type + (f" + {row.activation}" if row.activation else "")
+            parts = [row.name, kind, _shape_x(row.output_shape)]
+            if row.params:
+                parts.append(f"{row.params:,} params")
+            if row.note:
+                parts.append(row.note)
+            extra = ', style="rounded,filled", fillcolor="#dde8f5"' if len(row.inputs) > 1 else ""
+            lines.append(f"  {quote(row.name)} [{label(parts)}{extra}];")
+        for row in self.rows:
+            for source in row.inputs:
+                lines.append(f"  {quote(source)} -> {quote(row.name)};")
+        lines.append("}")
+        return "\n".join(lines)
+
     CSV_COLUMNS = (
         "name", "type", "output_shape", "params", "params_unshared", "macs",
         "receptive_field", "jump", "activation_bytes",
@@ -157,6 +207,10 @@ class Summary:
                 rf, jump, str(row.activation_bytes),
             ])
         return out
+
+
+def _shape_x(shape: Shape) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def _bytes(shape: Shape) -> int:
@@ -241,6 +295,7 @@ def summarize(model: Model) -> Summary:
         total_macs=sum(r.macs for r in rows),
         peak_activation_bytes=peak,
         output_name=model.output_name,
+        input_name=model.input_name,
     )
 
 

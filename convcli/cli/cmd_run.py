@@ -193,15 +193,19 @@ def run_command(
         show_default=False,
     ),
     batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Inputs per forward batch (bounds memory)."),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", metavar="H,W,D", help="The input size a Keras model leaves open (None).",
+        show_default=False,
+    ),
 ) -> None:
     """Run a model forward on images or arrays: per-layer shapes, timings, statistics, top classes."""
     started = time.perf_counter()
     from rich.markup import escape
 
     from convcli import forward
-    from convcli.spec import load_model
+    from convcli.spec import load_model, parse_input_shape
 
-    model = load_model(model_source)
+    model = load_model(model_source, parse_input_shape(input_shape) if input_shape is not None else None)
     model.shapes()
     _check_output(output, ".npy", "-o")
     _check_output(save_weights, ".npz", "--save-weights")

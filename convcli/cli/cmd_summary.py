@@ -41,19 +41,30 @@ def summary_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_output: bool = typer.Option(False, "--csv", help="Print the per-layer table as CSV."),
+    dot_output: bool = typer.Option(
+        False, "--dot", help="Print the graph in Graphviz DOT (draw it with: | dot -Tsvg > model.svg)."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", metavar="H,W,D", help="The input size a Keras model leaves open (None).",
+        show_default=False,
+    ),
 ) -> None:
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
     from rich.markup import escape
     from rich.measure import Measurement
     from rich.table import Table
 
-    from convcli.spec import load_model
+    from convcli.spec import load_model, parse_input_shape
     from convcli.summary import BYTES_PER_FLOAT32, summarize
 
-    if json_output and csv_output:
-        fail("choose one of --json and --csv")
-    summary = summarize(load_model(model_source))
+    if json_output + csv_output + dot_output > 1:
+        fail("choose one of --json, --csv and --dot")
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    summary = summarize(load_model(model_source, shape))
 
+    if dot_output:
+        out_console.file.write(summary.to_dot() + "\n")
+        return
     if json_output:
         print_json(summary.to_json())
         return
@@ -116,3 +127,8 @@ def summary_command(
         f"[bold] Peak activation memory:[/] {readable_size(summary.peak_activation_bytes)} "
         "(largest input + output of one layer, float32, batch of 1)"
     )
+    floored = [row for row in summary.rows if row.note]
+    if floored:
+        out_console.print(" Sizes floored as Keras does (the windows do not fit exactly):")
+        for row in floored:
+            out_console.print(f"   {escape(row.name)}: {row.note}")
