@@ -864,7 +864,7 @@ def depthwise_conv2d(
         sn, sr, sc, se = xp.strides  # sample, row, column, channel (bytes)
         block = out[n0:n1]
         if flat_rows:
-            view = as_strided(xp, shape=(n1 - n0, oh, fh, fw, ow * c), strides=(sn, sr, sr * dh, sc * dw, se))
+            view = as_strided(xp, shape=(n1 - n0, oh, fh, fw, ow * c), strides=(sn, sr * sh, sr * dh, sc * dw, se))
             np.einsum("nrfgl,fgl->nrl", view, weights, out=block.reshape(n1 - n0, oh, ow * c))
         else:
             view = as_strided(xp, shape=(n1 - n0, oh, fh, fw, ow, c),

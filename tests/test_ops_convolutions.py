@@ -150,6 +150,8 @@ DEPTHWISE_CASES = [
     (2, 6, 6, 3, 1, 1, 2, (1, 1), "valid", (1, 1)),
     (1, 12, 10, 4, 3, 2, 1, (3, 2), "valid", (1, 1)),
     (1, 5, 5, 2, 3, 3, 1, (1, 1), 1, (1, 1)),  # an integer padding
+    (2, 9, 8, 3, 3, 3, 1, (2, 1), "same", (1, 1)),  # vertical stride only: the contiguous-row path
+    (1, 10, 7, 2, 3, 2, 1, (3, 1), "valid", (2, 1)),
 ]
 
 

@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 
 from convcli import ops
 from convcli.errors import ModelError, ShapeError
-from tests.oracles import layer_norm_naive, upsample_bilinear_naive, upsample_nearest_naive
+from tests.oracles import (
+    layer_norm_naive,
+    upsample_bilinear_naive,
+    upsample_nearest_naive,
+)
 
 
 def rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
