@@ -668,8 +668,8 @@ def test_batch_goes_on_past_a_bad_file(cli, tmp_path: Path, photo_folder: Path) 
         ),
         (lambda f, o: [str(f), "--out-dir", str(f)], "the result would overwrite it"),
         (
-            lambda f, o: [str(f), "--out-dir", str(o / "missing")],
-            "Output folder '.*missing' does not exist",
+            lambda f, o: [str(f), "--out-dir", str(f / "camera.png")],
+            "--out-dir: .*camera.png exists and is not a folder",
         ),
         (
             lambda f, o: [str(f), str(f / "camera.png"), "--out-dir", str(o)],

@@ -533,7 +533,7 @@ def test_cli_marks_user_overrides(cli, tmp_path: Path) -> None:
     result = cli("kernels", "--kernel-path", str(tmp_path))
     assert result.exit_code == 0
     assert "overrides built-in" in result.stdout
-    assert "user kernels override built-ins: box3" in result.stdout
+    assert "user kernels override built-ins: box3" in result.stderr  # a note
     document = json.loads(cli("kernels", "--json", env={ENV_VAR: str(tmp_path)}).stdout)
     entry = next(e for e in document if e["name"] == "box3")
     assert entry["overrides_builtin"] and entry["matrix"] == [[5.0]]

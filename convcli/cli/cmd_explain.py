@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from convcli.cli._app import app, fail, out_console, print_json
+from convcli.cli._app import app, examples, fail, out_console, print_json
 from convcli.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,9 +55,12 @@ def _grid(title: str, matrix: Any, *, caption: str | None = None) -> Any:
     from rich import box
     from rich.table import Table
 
+    from convcli.cli._tables import is_plain
     from convcli.kernels import format_number
 
-    table = Table(title=title, caption=caption, show_header=False, box=box.SQUARE, padding=(0, 1))
+    # a grid drawn with box characters on a terminal; plain columns in a pipe or a file
+    table = Table(title=title, caption=caption, show_header=False,
+                  box=None if is_plain(out_console) else box.SQUARE, padding=(0, 1))
     for _ in range(matrix.shape[1]):
         table.add_column(justify="right")
     for row in matrix:
@@ -80,7 +83,14 @@ def _sum_line(result: Explanation) -> str:
     return text
 
 
-@app.command("explain")
+@app.command(
+    "explain",
+    epilog=examples(
+        'convcli explain --region "93 139 101; 26 252 196; 135 230 18" --kernel box3',
+        "convcli explain samples/camera.png --at 120,45 --kernel sobel-x",
+        "convcli explain samples/astronaut.png --at 200,150 --kernel curve --gray --json",
+    ),
+)
 def explain_command(
     image: str | None = typer.Argument(
         None, metavar="IMAGE", help="Image (or .npy) to take the region from, with --at X,Y."
@@ -95,7 +105,8 @@ def explain_command(
         None, "--region", metavar="MATRIX", help='The region itself: "93 139 101; 26 252 196; 135 230 18" or a file.'
     ),
     mode: str = typer.Option(
-        "reflect", "--mode", "-m", help="Border handling near the image edge, as in filter: reflect|constant|nearest|mirror|wrap."
+        "reflect", "--mode", "-m", metavar="[reflect|constant|nearest|mirror|wrap]",
+        help="Border handling near the image edge, as in filter.",
     ),
     cval: float = typer.Option(0.0, "--cval", help="Value outside the image for --mode constant."),
     channel: int = typer.Option(0, "--channel", "-c", help="Colour channel of IMAGE to use (0 = red or gray)."),

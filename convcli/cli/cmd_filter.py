@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
-from convcli.cli._app import app, err_console, fail
+from convcli.cli._app import app, err_console, examples, fail, note, quiet_option
 from convcli.errors import ConvcliError, InputError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,9 +182,7 @@ def plan_jobs(
         fileio.check_writable(dest, "-o")
         return [Job(sources[0], dest)]
 
-    if not out_dir.is_dir():
-        raise InputError(f"Output folder '{out_dir}' does not exist (--out-dir must exist)")
-    fileio.check_output_folder(out_dir, "--out-dir")
+    fileio.check_output_folder(out_dir, "--out-dir")  # made later if missing, as --save-maps
     suffix = extension_for(output_format("-", fmt)) if fmt is not None else None
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
@@ -322,7 +320,7 @@ def _resolve_steps(specs: list[str], kernel_paths: list[Path]) -> list[Step]:
 
 
 _ALPHA_NOTE = (
-    "note: the result is smaller than the input (--padding/--stride), so the alpha "
+    "the result is smaller than the input (--padding/--stride), so the alpha "
     "channel was dropped"
 )
 
@@ -383,7 +381,7 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
             if progress is not None:
                 progress.stop()
     if dropped_any:
-        err_console.print(_ALPHA_NOTE)
+        note(_ALPHA_NOTE)
     if show_progress:
         done = len(jobs) - failures
         err_console.print(
@@ -393,7 +391,15 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
         raise typer.Exit(2)
 
 
-@app.command("filter")
+@app.command(
+    "filter",
+    epilog=examples(
+        "convcli filter samples/astronaut.png -k sobel -o edges.png",
+        "convcli filter samples/camera.png -k gaussian5 -k sharpen -o out.png",
+        'convcli filter samples/camera.png -k "1 0 -1; 2 0 -2; 1 0 -1" --abs -o gx.png',
+        "convcli filter samples/*.png -k box3 --out-dir blurred/",
+    ),
+)
 def filter_command(
     inputs: list[str] = typer.Argument(
         ...,
@@ -423,14 +429,15 @@ def filter_command(
         None,
         "--out-dir",
         metavar="DIR",
-        help="Existing folder for the results of several inputs (same file names).",
+        help="Folder for the results of several inputs (same file names); made if missing.",
         show_default=False,
     ),
     mode: str = typer.Option(
         "reflect",
         "--mode",
         "-m",
-        help="Border mode: reflect, constant, nearest, mirror, wrap (scipy.ndimage).",
+        metavar="[reflect|constant|nearest|mirror|wrap]",
+        help="Border mode (scipy.ndimage's names and meanings).",
     ),
     cval: float = typer.Option(0.0, "--cval", help="Value outside the image for --mode constant."),
     padding: str = typer.Option(
@@ -488,6 +495,7 @@ def filter_command(
         help="Images filtered at once with --out-dir (0 = one per core).",
         show_default=False,
     ),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Filter images with a chain of kernels (cross-correlation, as scipy.ndimage.correlate)."""
     check_mode(mode)
@@ -531,7 +539,11 @@ def filter_command(
     )
     if out_dir is None:
         if filter_one(planned[0], steps, options):
-            err_console.print(_ALPHA_NOTE)
+            note(_ALPHA_NOTE)
         return
+    from convcli import fileio
+
+    # a missing output folder is made (with its parents), as run --save-maps makes its folder
+    fileio.make_folder(out_dir, "--out-dir")
     workers = min(jobs or os.cpu_count() or 1, len(planned))
     _run_batch(planned, steps, options, workers)

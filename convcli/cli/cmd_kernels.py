@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from convcli.cli._app import app, out_console, print_json
+from convcli.cli._app import app, examples, note, out_console, print_json, quiet_option
 from convcli.errors import ConvcliError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from convcli.cli._tables import TableSpec
     from convcli.kernels import GradientPair, Kernel, LibraryEntry
 
 
@@ -63,43 +64,41 @@ def kernel_json(item: Kernel | GradientPair, overrides: bool = False) -> dict[st
     }
 
 
-def _list_table(entries: list[LibraryEntry]) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
+def _list_table(entries: list[LibraryEntry]) -> TableSpec:
+    """The library as a table: name always; the description wraps; size, scale and origin
+    give way, in that order, to a narrow width."""
+    from convcli.cli._tables import NBSP, Column, TableSpec
     from convcli.kernels import GradientPair
 
-    table = Table(title="convcli kernel library", title_justify="left")
-    table.add_column("name", style="bold", no_wrap=True)
-    table.add_column("size", no_wrap=True)
-    table.add_column("scale", no_wrap=True)
-    table.add_column("description", ratio=1)
+    columns = [
+        Column("name", style="bold"),
+        Column("size", drop=3),
+        Column("scale", drop=2),
+        Column("description", wrap=True, min_width=16),
+    ]
     show_origin = any(not e.item.builtin for e in entries)
     if show_origin:
-        table.add_column("from", no_wrap=True)
+        columns.append(Column("from", drop=1, wrap=True))
+    table = TableSpec(columns=columns, title="convcli kernel library")
     for entry in entries:
         item = entry.item
         if isinstance(item, GradientPair):
-            row = [escape(item.name), f"{item.x.size_label} pair", "", escape(item.description or f"sqrt({item.x.name}² + {item.y.name}²)")]
+            row = [item.name, f"{item.x.size_label} pair", "", item.description or f"sqrt({item.x.name}² + {item.y.name}²)"]
         else:
             scale = str(item.scale) if item.scale is not None else ""
-            row = [escape(item.name), item.size_label, scale, escape(item.description)]
+            row = [item.name, item.size_label, scale, item.description]
         if show_origin:
-            origin = _origin(item, entry.overrides)
-            row.append(f"[yellow]{origin}[/]" if entry.overrides else origin)
+            row.append(_origin(item, entry.overrides).replace("overrides built-in", f"overrides{NBSP}built-in"))
         table.add_row(*row)
     return table
 
 
-def _matrix_table(kernel: Kernel) -> Any:
-    from rich.table import Table
-
+def _matrix_table(kernel: Kernel) -> TableSpec:
+    from convcli.cli._tables import Column, TableSpec
     from convcli.kernels import format_number
 
     written = kernel.written
-    table = Table(show_header=False, box=None, padding=(0, 1))
-    for _ in range(written.shape[1]):
-        table.add_column(justify="right")
+    table = TableSpec(columns=[Column("", justify="right") for _ in range(written.shape[1])], show_header=False)
     for row in written:
         table.add_row(*(format_number(v) for v in row))
     return table
@@ -108,12 +107,14 @@ def _matrix_table(kernel: Kernel) -> Any:
 def _show_kernel(kernel: Kernel, overrides: bool) -> None:
     from rich.markup import escape
 
+    from convcli.cli._tables import print_table
+
     from convcli.kernels import format_number
 
     out_console.print(f"[bold]{escape(kernel.name)}[/]: {escape(kernel.description)}")
     if kernel.scale is not None:
         out_console.print(f"scale: {kernel.scale}  (effective weights = {kernel.scale} × matrix)")
-    out_console.print(_matrix_table(kernel))
+    print_table(_matrix_table(kernel), out_console)
     exact = kernel.exact_total()
     total = f"{exact}" if exact is not None else format_number(kernel.total)
     factors = kernel.separable_factors()
@@ -131,7 +132,15 @@ def _show_kernel(kernel: Kernel, overrides: bool) -> None:
         out_console.print(f"file: {escape(str(kernel.path))} ({_origin(kernel, overrides)})")
 
 
-@app.command("kernels")
+@app.command(
+    "kernels",
+    epilog=examples(
+        "convcli kernels",
+        "convcli kernels sobel-x",
+        "convcli kernels gaussian5 --png gaussian5.png",
+        "convcli kernels --json",
+    ),
+)
 def kernels_command(
     name: str | None = typer.Argument(
         None, metavar="NAME", help="A library name, a kernel file or an inline matrix to show."
@@ -140,6 +149,7 @@ def kernels_command(
     kernel_path: list[Path] = typer.Option(
         [], "--kernel-path", metavar="DIR", help="Extra folder of kernel files (repeatable; wins over built-ins)."
     ),
+    quiet: bool = quiet_option(),
 ) -> None:
     """List the kernel library, or show one kernel's matrix, scale and properties."""
     from rich.markup import escape
@@ -152,10 +162,12 @@ def kernels_command(
         if as_json:
             print_json([kernel_json(e.item, e.overrides) for e in entries])
         else:
-            out_console.print(_list_table(entries))
+            from convcli.cli._tables import print_table
+
+            print_table(_list_table(entries), out_console)
             overridden = [e.item.name for e in entries if e.overrides]
             if overridden:
-                out_console.print(f"user kernels override built-ins: {', '.join(overridden)}")
+                note(f"user kernels override built-ins: {', '.join(overridden)}")
         return
 
     item = resolve_kernel(name, kernel_path)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from convcli.cli._app import app, fail, out_console, print_json
+from convcli.cli._app import app, examples, fail, out_console, print_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,11 +16,18 @@ if TYPE_CHECKING:
 _MAX_ROWS_SHOWN = 10
 
 
-@app.command("loss")
+@app.command(
+    "loss",
+    epilog=examples(
+        'convcli loss mse --true "1 2 3" --pred "1 2 4"',
+        'convcli loss categorical-crossentropy --true "0 1 0; 1 0 0" --pred "0.1 0.8 0.1; 0.7 0.2 0.1"',
+        'convcli loss mae --true "0 1; 1 0" --pred "0.1 0.9; 0.8 0.2" --json',
+    ),
+)
 def loss_command(
     name: str = typer.Argument(
         ...,
-        metavar="NAME",
+        metavar="[mse|mae|mape|msle|binary-crossentropy|categorical-crossentropy]",
         help="mse, mae, mape, msle, binary-crossentropy or categorical-crossentropy "
         "(Keras' long names work too).",
     ),
@@ -34,7 +41,6 @@ def loss_command(
     pred: str = typer.Option(
         ...,
         "--pred",
-        "-p",
         metavar="P",
         help="Predictions, same forms and same shape as --true.",
     ),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from convcli.cli._app import app, err_console, out_console, print_json
+from convcli.cli._app import app, err_console, examples, note, out_console, print_json, quiet_option
 from convcli.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,78 +89,78 @@ def _display_path(path: Path) -> str:
 def _print_table(
     model: Model, stats: list[LayerStats], labels: list[str], weights_note: str, wall: float
 ) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
+    from convcli.cli._tables import Column, TableSpec, print_pairs, print_table
 
     n = len(labels)
-    table = Table(
-        title=f"{escape(model.name)}: {n} input{'s' if n != 1 else ''} {_shape(tuple(model.input_shape))}, {escape(weights_note)}",
-        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-    )
     total = sum(s.seconds for s in stats)
-    rows = [
-        [
-            escape(s.layer.name), _short_type(s.layer), _shape(s.output_shape), _milliseconds(s.seconds),
-            _number(s.minimum), _number(s.mean), _number(s.maximum),
-            "" if s.zero_fraction is None else f"{s.zero_fraction:.1%}",
-        ]
-        for s in stats
+    relu = any(s.relu for s in stats)
+    columns = [
+        Column("Layer"), Column("Type", drop=2), Column("Output"),
+        Column("ms", justify="right", drop=3), Column("Min", justify="right", drop=5),
+        Column("Mean", justify="right", drop=1), Column("Max", justify="right", drop=4),
     ]
-    headers = ["Layer", "Type", "Output", "ms", "Min", "Mean", "Max", "Zeros"]
-    if not any(s.relu for s in stats):  # no ReLU output: no zeros column
-        headers.pop()
-        rows = [row[:-1] for row in rows]
-    widths = [max([len(h)] + [len(row[i]) for row in rows] + [len(_milliseconds(total))] * (i == 3))
-              for i, h in enumerate(headers)]
-    for index, header in enumerate(headers):
-        if index == 0:  # long Keras layer names wrap; types and numbers never do
-            table.add_column(header, overflow="fold")
-        elif index == 1:
-            table.add_column(header, no_wrap=True, min_width=widths[index])
-        else:
-            table.add_column(header, justify="right", no_wrap=True, min_width=widths[index])
-    for row in rows:
+    if relu:  # a ReLU output: the fraction of zeros it makes
+        columns.append(Column("Zeros", justify="right", drop=6))
+    table = TableSpec(
+        columns=columns,
+        title=f"{model.name}: {n} input{'s' if n != 1 else ''} {_shape(tuple(model.input_shape))}, {weights_note}",
+        footer=[["total", "", "", _milliseconds(total), "", "", ""] + ([""] if relu else [])],
+    )
+    for s in stats:
+        row = [
+            s.layer.name, _short_type(s.layer), _shape(s.output_shape), _milliseconds(s.seconds),
+            _number(s.minimum), _number(s.mean), _number(s.maximum),
+        ]
+        if relu:
+            row.append("" if s.zero_fraction is None else f"{s.zero_fraction:.1%}")
         table.add_row(*row)
-    table.add_section()
-    table.add_row("total", "", "", _milliseconds(total), *[""] * (len(headers) - 4))
-    out_console.print(table)
-    out_console.print(f"forward pass {total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")
+    print_table(table, out_console, hint="--json")
+    print_pairs(
+        [("forward pass", f"{total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")],
+        out_console, label_style="",
+    )
 
 
 def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
+    from convcli.cli._tables import Column, TableSpec, print_table
 
     if len(labels) == 1:
-        table = Table(title=f"Top {len(top[0])}: {escape(labels[0])}", title_justify="left",
-                      box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("Rank", justify="right")
-        table.add_column("Class")
-        table.add_column("Probability", justify="right")
+        table = TableSpec(
+            columns=[Column("Rank", justify="right"), Column("Class"), Column("Probability", justify="right")],
+            title=f"Top {len(top[0])}: {labels[0]}",
+        )
         for rank, (_, name, p) in enumerate(top[0], 1):
-            table.add_row(str(rank), escape(name), _probability(p))
-        out_console.print(table)
+            table.add_row(str(rank), name, _probability(p))
+        print_table(table, out_console)
         return
     shown = min(len(labels), TOP_ROWS)
-    table = Table(title=f"Top {len(top[0])} classes (probability)", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("Input", overflow="fold")
-    for rank in range(1, len(top[0]) + 1):
-        table.add_column(f"#{rank}", justify="right")
+    ranks = len(top[0])
+    table = TableSpec(
+        # ranks beyond the first give way to a narrow width, the last first
+        columns=[Column("Input")] + [Column(f"#{r}", justify="right", drop=r - 1) for r in range(1, ranks + 1)],
+        title=f"Top {ranks} classes (probability)",
+    )
     for label, row in zip(labels[:shown], top[:shown]):
-        table.add_row(escape(label), *(f"{escape(name)} {_probability(p, 3)}" for _, name, p in row))
-    out_console.print(table)
+        table.add_row(label, *(f"{name} {_probability(p, 3)}" for _, name, p in row))
+    print_table(table, out_console)
     if shown < len(labels):
-        out_console.print(f"(first {shown} of {len(labels)} inputs; -o OUT.npy or --json give them all)")
+        note(f"first {shown} of {len(labels)} inputs; -o OUT.npy or --json give them all")
 
 
-@app.command("run")
+@app.command(
+    "run",
+    epilog=examples(
+        "convcli run samples/digits.toml samples/digit-7.png",
+        "convcli run samples/digits.toml samples/digit-*.png --json",
+        "convcli run samples/lenet5.toml samples/digit-3.png --save-maps maps/",
+        "cat samples/digits.toml | convcli run - samples/digit-0.png",
+    ),
+)
 def run_command(
     model_source: str = typer.Argument(
         ..., metavar="MODEL",
-        help='Arrow notation ("INPUT(28,28,1) => CONV(8,3) => RELU => ..."), a .toml file or a Keras .json file.',
+        help='Arrow notation ("INPUT(28,28,1) => CONV(8,3) => RELU => ..."), a .toml file, a Keras .json file, '
+        "or - to read one of them from stdin.",
         show_default=False,
     ),
     inputs: list[str] = typer.Argument(
@@ -189,7 +189,7 @@ def run_command(
     ),
     save_maps: Path | None = typer.Option(
         None, "--save-maps", metavar="DIR",
-        help="Write per layer one PNG grid of the feature maps of the first input (each map scaled to 0..255).",
+        help="Write per layer one PNG grid of the feature maps of the first input into DIR (made if missing).",
         show_default=False,
     ),
     batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Inputs per forward batch (bounds memory)."),
@@ -197,15 +197,19 @@ def run_command(
         None, "--input-shape", metavar="H,W,D", help="The input size a Keras model leaves open (None).",
         show_default=False,
     ),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Run a model forward on images or arrays: per-layer shapes, timings, statistics, top classes."""
     started = time.perf_counter()
     from rich.markup import escape
 
     from convcli import forward
-    from convcli.spec import load_model, parse_input_shape
+    from convcli.cli._models import read_model
+    from convcli.spec import parse_input_shape
 
-    model = load_model(model_source, parse_input_shape(input_shape) if input_shape is not None else None)
+    if model_source == "-" and "-" in inputs:
+        raise InputError("stdin can hold the model (MODEL -) or an input (INPUT -), not both")
+    model = read_model(model_source, parse_input_shape(input_shape) if input_shape is not None else None)
     model.shapes()
     _check_output(output, ".npy", "-o")
     _check_output(save_weights, ".npz", "--save-weights")
@@ -270,6 +274,7 @@ def run_command(
         forward.save_array(result, output)
     if save_weights is not None:
         forward.save_weights(params, save_weights)
+    # a missing folder is made, as filter --out-dir makes its folder
     written = forward.save_feature_maps(save_maps, list(maps.values())) if save_maps is not None else []
 
     top = forward.top_k(result, 5, model.class_names) if forward.is_softmax_output(model) else None
@@ -295,8 +300,8 @@ def run_command(
     if top is not None:
         _print_top(top, labels)
     if output is not None:
-        out_console.print(f"wrote {escape(str(output))} (float32 {_shape(result.shape)})")
+        note(f"wrote {output} (float32 {_shape(result.shape)})")
     if save_weights is not None:
-        out_console.print(f"wrote {escape(str(save_weights))} ({len(params)} arrays)")
+        note(f"wrote {save_weights} ({len(params)} arrays)")
     if written:
-        out_console.print(f"wrote {len(written)} feature-map grids into {escape(str(save_maps))}")
+        note(f"wrote {len(written)} feature-map grids into {save_maps}")

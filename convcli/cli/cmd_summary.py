@@ -5,9 +5,16 @@ Imports only pure-Python core modules (no numpy, scipy or Pillow).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from convcli.cli._app import app, fail, out_console, print_json
+from convcli.cli._app import app, examples, fail, out_console, print_json
+from convcli.summary import BYTES_PER_FLOAT32
+
+if TYPE_CHECKING:  # pragma: no cover
+    from convcli.cli._tables import TableSpec
+    from convcli.summary import Row, Summary
 
 
 def readable_size(n_bytes: int) -> str:
@@ -28,16 +35,92 @@ def readable_count(n: int) -> str:
     return str(n)
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return str(tuple(shape))
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A shape as H×W×D (``224x224x64``), as every convcli command prints it."""
+    return "x".join(str(n) for n in shape)
 
 
-@app.command("summary")
+def _layer_label(row: Row) -> str:
+    """``name (type)``; the type keeps to one line (NBSP) when the cell wraps."""
+    from convcli.cli._tables import NBSP
+
+    if row.type == "Activation":
+        kind = f"({row.type}: {row.activation})"
+    elif row.activation:
+        kind = f"({row.type} + {row.activation})"
+    else:
+        kind = f"({row.type})"
+    return f"{row.name} {kind.replace(' ', NBSP)}"
+
+
+def _receptive_field(row: Row) -> str:
+    if row.receptive_field is None:
+        return "all"
+    rh, rw, jh, jw = row.receptive_field
+    return f"{rh} ({jh})" if (rh, jh) == (rw, jw) else f"{rh}x{rw} ({jh}x{jw})"
+
+
+def summary_table(summary: Summary) -> TableSpec:
+    """The per-layer table: name (type), output shape and parameters always; the unshared
+    count, memory, receptive field and MACs give way, in that order, to a narrow width."""
+    from convcli.cli._tables import Column, TableSpec
+
+    spec = TableSpec(
+        title=f'Model: "{summary.name}"',
+        narrow_first=False,
+        columns=[
+            Column("Layer (type)", wrap=True),
+            Column("Output Shape"),
+            Column("Param #", justify="right"),
+            Column("Unshared #", justify="right", drop=4),
+            Column("MACs", justify="right", drop=1),
+            Column("RF (jump)", justify="right", drop=2),
+            Column("Memory", justify="right", drop=3),
+        ],
+    )
+    for row in summary.rows:
+        spec.add_row(
+            _layer_label(row),
+            shape_text(row.output_shape),
+            f"{row.params:,}",
+            "" if row.params_unshared is None else f"{row.params_unshared:,}",
+            f"{row.macs:,}",
+            _receptive_field(row),
+            readable_size(row.activation_bytes),
+        )
+    return spec
+
+
+def summary_totals(summary: Summary) -> list[tuple[str, str]]:
+    """The totals under the table, as label/value pairs."""
+    return [
+        ("Total params:", f"{summary.total_params:,} ({readable_size(summary.params_bytes)})"),
+        ("Trainable params:", f"{summary.trainable_params:,} "
+         f"({readable_size(summary.trainable_params * BYTES_PER_FLOAT32)})"),
+        ("Non-trainable params:", f"{summary.non_trainable_params:,} "
+         f"({readable_size(summary.non_trainable_params * BYTES_PER_FLOAT32)})"),
+        ("MACs:", f"{summary.total_macs:,} ({readable_count(summary.total_macs)}); "
+         f"FLOPs = 2 x MACs: {summary.total_flops:,} ({readable_count(summary.total_flops)})"),
+        ("Peak activation memory:", f"{readable_size(summary.peak_activation_bytes)} "
+         "(largest input + output of one layer, float32, batch of 1)"),
+    ]
+
+
+@app.command(
+    "summary",
+    epilog=examples(
+        "convcli summary samples/vgg16.toml",
+        'convcli summary "INPUT(227,227,3) => CONV(96,11,stride=4) => RELU => POOL(3,stride=2)"',
+        "convcli summary samples/lenet5.toml --json",
+        "cat samples/alexnet.toml | convcli summary -",
+    ),
+)
 def summary_command(
     model_source: str = typer.Argument(
         ...,
         metavar="MODEL",
-        help='Arrow notation ("INPUT(32,32,1) => CONV(6,5) => ..."), a .toml file or a Keras .json file.',
+        help='Arrow notation ("INPUT(32,32,1) => CONV(6,5) => ..."), a .toml file, a Keras .json file, '
+        "or - to read one of them from stdin.",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
     csv_output: bool = typer.Option(False, "--csv", help="Print the per-layer table as CSV."),
@@ -50,17 +133,15 @@ def summary_command(
     ),
 ) -> None:
     """Per-layer output shapes, parameters, MACs, receptive fields and memory of a model."""
-    from rich.markup import escape
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    from convcli.spec import load_model, parse_input_shape
-    from convcli.summary import BYTES_PER_FLOAT32, summarize
+    from convcli.cli._models import read_model
+    from convcli.cli._tables import print_pairs, print_table
+    from convcli.spec import parse_input_shape
+    from convcli.summary import summarize
 
     if json_output + csv_output + dot_output > 1:
         fail("choose one of --json, --csv and --dot")
     shape = parse_input_shape(input_shape) if input_shape is not None else None
-    summary = summarize(load_model(model_source, shape))
+    summary = summarize(read_model(model_source, shape))
 
     if dot_output:
         out_console.file.write(summary.to_dot() + "\n")
@@ -76,59 +157,9 @@ def summary_command(
         writer.writerows(summary.csv_rows())
         return
 
-    table = Table(title=f'Model: "{escape(summary.name)}"', title_justify="left", title_style="bold")
-    table.add_column("Layer (type)", no_wrap=True)
-    table.add_column("Output Shape", no_wrap=True)
-    table.add_column("Param #", justify="right", no_wrap=True)
-    table.add_column("Unshared #", justify="right", no_wrap=True)
-    table.add_column("MACs", justify="right", no_wrap=True)
-    table.add_column("RF (jump)", justify="right", no_wrap=True)
-    table.add_column("Memory", justify="right", no_wrap=True)
-    for row in summary.rows:
-        if row.receptive_field is None:
-            rf = "all"
-        else:
-            rh, rw, jh, jw = row.receptive_field
-            rf = f"{rh} ({jh})" if (rh, jh) == (rw, jw) else f"{rh}x{rw} ({jh}x{jw})"
-        table.add_row(
-            f"{escape(row.name)} ({row.type}"
-            + (f": {row.activation})" if row.type == "Activation" else f" + {row.activation})" if row.activation else ")"),
-            _shape(row.output_shape),
-            f"{row.params:,}",
-            "" if row.params_unshared is None else f"{row.params_unshared:,}",
-            f"{row.macs:,}" if row.macs else "0",
-            rf,
-            readable_size(row.activation_bytes),
-        )
-    # never squeeze the numbers: the table takes the width it needs
-    width = Measurement.get(out_console, out_console.options.update_width(1000), table).maximum
-    saved = out_console.width
-    out_console.width = max(width, saved)
-    try:
-        out_console.print(table)
-    finally:
-        out_console.width = saved
-    out_console.print(
-        f"[bold] Total params:[/] {summary.total_params:,} ({readable_size(summary.params_bytes)})"
-    )
-    out_console.print(
-        f"[bold] Trainable params:[/] {summary.trainable_params:,} "
-        f"({readable_size(summary.trainable_params * BYTES_PER_FLOAT32)})"
-    )
-    out_console.print(
-        f"[bold] Non-trainable params:[/] {summary.non_trainable_params:,} "
-        f"({readable_size(summary.non_trainable_params * BYTES_PER_FLOAT32)})"
-    )
-    out_console.print(
-        f"[bold] MACs:[/] {summary.total_macs:,} ({readable_count(summary.total_macs)}); "
-        f"FLOPs = 2 x MACs: {summary.total_flops:,} ({readable_count(summary.total_flops)})"
-    )
-    out_console.print(
-        f"[bold] Peak activation memory:[/] {readable_size(summary.peak_activation_bytes)} "
-        "(largest input + output of one layer, float32, batch of 1)"
-    )
+    print_table(summary_table(summary), out_console, hint="--json or --csv")
+    print_pairs(summary_totals(summary), out_console, label_style="bold", align=False)
     floored = [row for row in summary.rows if row.note]
     if floored:
-        out_console.print(" Sizes floored as Keras does (the windows do not fit exactly):")
-        for row in floored:
-            out_console.print(f"   {escape(row.name)}: {row.note}")
+        out_console.print("Sizes floored as Keras does (the windows do not fit exactly):", highlight=False)
+        print_pairs([(f"  {row.name}:", row.note) for row in floored], out_console, label_style="", align=False)
