@@ -793,10 +793,10 @@ def _grouped_conv2d(
     return out
 
 
-DEPTHWISE_CHUNK_BYTES = 4 * 2**20
-"""Output bytes per :func:`depthwise_conv2d` step (whole samples, at least one): small
-late layers (7x7x960) go in one call for the whole batch, large early ones (112x112x32,
-1.6 MB a sample) one sample at a time."""
+DEPTHWISE_CHUNK_BYTES = 2**20
+"""Output bytes per :func:`depthwise_conv2d` step (whole samples, at least one), so that a
+step's padded input, output and bias pass stay in cache: several samples of a small late
+layer (7x7x960: 188 KB each) per step, one sample of a large early one."""
 
 
 def depthwise_conv2d(
@@ -830,9 +830,9 @@ def depthwise_conv2d(
     are one strided view of the padded input, (n, OH, F_h, F_w, OW*C) with stride 1 (an
     output row and each of its shifted input rows are contiguous runs of OW*C floats,
     against the kernel row tiled OW times), and one ``einsum`` sums the products into
-    the output without temporaries. Measured on MobileNetV2's 28x28x192 layer, batch 8
-    (benchmarks/ops_depthwise.py): 3x faster than nine separate multiply and add passes
-    over row strips, and level with PyTorch's grouped conv2d.
+    the output without temporaries: 2-3x faster than nine separate multiply and add
+    passes over row strips on MobileNetV2's layers, and near PyTorch's grouped conv2d
+    (benchmarks/ops_depthwise.py).
 
     >>> x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
     >>> depthwise_conv2d(x, np.ones((2, 2, 2, 1), np.float32))[0, 0, 0]
