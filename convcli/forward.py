@@ -114,6 +114,8 @@ def init_params(model: L.Model, seed: int = 0) -> Params:
     params: Params = {}
     for node in model.nodes():
         layer = node.layer
+        if layer.shares is not None:
+            continue
         for param, shape in layer.param_shapes(*node.input_shapes).items():
             key = f"{layer.name}.{param}"
             constant = layer.init_value(param)
@@ -147,7 +149,7 @@ def params_from_keras(model: L.Model, weights: Mapping[str, list[np.ndarray]], s
         layer = node.layer
         expected = layer.param_shapes(*node.input_shapes)
         arrays = list(weights.get(layer.name, []))
-        if not expected:
+        if not expected or layer.shares is not None:
             continue
         if len(arrays) != len(expected):
             problems.append(
@@ -218,8 +220,9 @@ def save_weights(params: Mapping[str, np.ndarray], path: str | Path) -> None:
 
 def _layer_weights(params: Mapping[str, np.ndarray], node: L.Node) -> dict[str, np.ndarray]:
     weights = {}
+    owner = node.layer.shares or node.layer.name
     for param in node.layer.param_shapes(*node.input_shapes):
-        key = f"{node.layer.name}.{param}"
+        key = f"{owner}.{param}"
         try:
             weights[param] = params[key]
         except KeyError:

@@ -570,8 +570,14 @@ def _keras_shape(value: object) -> tuple[int | None, ...] | None:
     return None
 
 
+def _call_name(layer: str, node_index: Any) -> str:
+    """The name of one call of a layer: its own for the first, ``name#k`` for the k-th
+    further call of a shared layer."""
+    return layer if not node_index else f"{layer}#{node_index}"
+
+
 def _refs(node: Any) -> list[tuple[str | None, float | None]]:
-    """The operands of one inbound node, in order: (layer name, None) for a tensor and
+    """The operands of one inbound node, in order: (layer call name, None) for a tensor and
     (None, number) for a constant. Keras 3 nodes are ``{"args": [...], "kwargs": {...}}`` with
     ``__keras_tensor__`` objects; Keras 2 nodes are lists of ``[layer, node, tensor, kwargs]``."""
     found: list[tuple[str | None, float | None]] = []
@@ -581,7 +587,7 @@ def _refs(node: Any) -> list[tuple[str | None, float | None]]:
             if value.get("class_name") == "__keras_tensor__":
                 history = (value.get("config") or {}).get("keras_history") or []
                 if history:
-                    found.append((str(history[0]), None))
+                    found.append((_call_name(str(history[0]), history[1] if len(history) > 1 else 0), None))
             return
         if isinstance(value, list):
             for v in value:
@@ -594,7 +600,7 @@ def _refs(node: Any) -> list[tuple[str | None, float | None]]:
     elif isinstance(node, list):
         for item in node:
             if isinstance(item, list) and item and isinstance(item[0], str):
-                found.append((item[0], None))
+                found.append((_call_name(item[0], item[1] if len(item) > 1 else 0), None))
     return found
 
 
@@ -699,17 +705,19 @@ class _KerasReader:
                         raise ModelError(f"{self.source}: input layer '{name}' has no readable batch_shape")
                     self.set_input(name, shape)
                 continue
-            if len(nodes) > 1:
-                self.problem("shared layers (called more than once)", name)
+            if len(nodes) > 1 and entry["class_name"] in _MODEL_CLASSES:
+                self.problem("nested models called more than once", name)
                 continue
-            refs = _refs(nodes[0]) if nodes else []
-            self.layer(entry, name, refs)
+            for call, node in enumerate(nodes or [None]):
+                self.layer(entry, _call_name(name, call), _refs(node) if node is not None else [],
+                           shares=name if call else None)
         outputs = _endpoints(config.get("output_layers"))
         if len(outputs) > 1:
             self.problem("models with several outputs", ", ".join(outputs))
         return self.resolve(outputs[0]) if outputs else (self.layers[-1].name if self.layers else None)
 
-    def layer(self, entry: Mapping[str, Any], name: str, refs: list[tuple[str | None, float | None]]) -> str:
+    def layer(self, entry: Mapping[str, Any], name: str, refs: list[tuple[str | None, float | None]],
+              shares: str | None = None) -> str:
         keras_class = str(entry["class_name"])
         tensors = [self.resolve(ref) for ref, _ in refs if ref is not None]
         if keras_class in _MODEL_CLASSES:
@@ -734,6 +742,8 @@ class _KerasReader:
                     raise L.Unsupported(f"{keras_class} with constant operands")
                 layer = dataclasses.replace(layer, constant=constants[0][1], constant_index=constants[0][0])
             _connect(layer, tensors)
+            if shares is not None:
+                object.__setattr__(layer, "shares", shares)
         except L.Unsupported as exc:
             self.problem(f"{keras_class} {exc}", name)
             return name

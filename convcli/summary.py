@@ -21,7 +21,7 @@ from typing import Any
 
 from convcli import geometry
 from convcli.errors import ShapeError
-from convcli.layers import Model, Shape, output_activation
+from convcli.layers import Model, Shape, node_params, output_activation
 
 BYTES_PER_FLOAT32 = 4
 
@@ -276,12 +276,12 @@ def summarize(model: Model) -> Summary:
             type=layer.type,
             input_shape=in_shapes[0],
             output_shape=out_shape,
-            params=layer.params(*in_shapes),
+            params=node_params(node),
             params_unshared=layer.params_unshared(*in_shapes),
             macs=layer.macs(*in_shapes),
             receptive_field=None if field is None else (field[0][0], field[0][1], field[1][0], field[1][1]),
             activation_bytes=out_bytes,
-            trainable_params=layer.trainable_params(*in_shapes),
+            trainable_params=0 if layer.shares else layer.trainable_params(*in_shapes),
             activation=output_activation(layer),
             inputs=node.inputs,
             unreached=layer.unreached(*in_shapes) if getattr(layer, "floor", False) else None,

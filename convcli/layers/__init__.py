@@ -58,7 +58,7 @@ from convcli.layers.merge import (
     Multiply,
     Subtract,
 )
-from convcli.layers.model import INPUT_NAME, Model, Node
+from convcli.layers.model import INPUT_NAME, Model, Node, node_params
 from convcli.layers.norm import BatchNormalization, LayerNormalization
 from convcli.layers.pooling import (
     AveragePooling2D,
@@ -76,7 +76,7 @@ __all__ = [
     "LayerNormalization", "LayerScale", "LocallyConnected2D", "MaxPooling2D", "Maximum", "Minimum",
     "Model", "Multiply", "Node", "Normalization", "PaddingSpec", "Permute", "ReLU", "Registry",
     "Rescaling", "Reshape", "SeparableConv2D", "Shape", "Subtract", "UpSampling2D", "Unsupported",
-    "Window", "ZeroPadding2D", "output_activation", "shape_text",
+    "Window", "ZeroPadding2D", "node_params", "output_activation", "shape_text",
 ]
 
 

@@ -225,6 +225,8 @@ class Layer:
 
     name: str
     inputs: tuple[str, ...] = ()
+    shares: str | None = None
+    """Another call of layer ``shares`` (a Keras layer used twice): its weights, not new ones."""
     type: ClassVar[str] = "Layer"
     spatial: ClassVar[Spatial] = "pointwise"
     """How the receptive field changes: a sliding ``window``, unchanged (``pointwise``),

@@ -218,7 +218,9 @@ class Activation(Layer):
             if cfg.get("axis", -1) not in (-1, [-1]):
                 raise Unsupported(f"Softmax over axis={cfg.get('axis')} (only the last axis, -1)")
             return cls(name=name, function="softmax")
-        return cls(name=name, function=read_activation(cfg.get("activation")) or "linear")
+        function = read_activation(cfg.get("activation")) or "linear"
+        # the activation *function* leaky_relu defaults to a slope of 0.2 (the LeakyReLU layer: 0.3)
+        return cls(name=name, function=function, alpha=fused_alpha(function))
 
     def output_shape(self, *input_shapes: Shape) -> Shape:
         shape = input_shapes[0]

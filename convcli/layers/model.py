@@ -118,12 +118,13 @@ class Model:
         return {
             f"{node.layer.name}.{key}": shape
             for node in self.nodes()
+            if node.layer.shares is None
             for key, shape in node.layer.param_shapes(*node.input_shapes).items()
         }
 
     def count_params(self) -> int:
-        """Total number of parameters, as Keras' ``count_params``."""
-        return sum(node.layer.params(*node.input_shapes) for node in self.nodes())
+        """Total number of parameters, as Keras' ``count_params`` (a shared layer's once)."""
+        return sum(node_params(node) for node in self.nodes())
 
     def param_bytes(self) -> int:
         """float32 bytes of every parameter."""
@@ -137,6 +138,11 @@ class Model:
                 return False
             previous = layer.name
         return True
+
+
+def node_params(node: Node) -> int:
+    """Parameters a node adds to the model: its layer's, or 0 for another call of a shared layer."""
+    return 0 if node.layer.shares is not None else node.layer.params(*node.input_shapes)
 
 
 def _topological(layers: tuple[Layer, ...], inbound: dict[str, tuple[str, ...]], input_name: str) -> tuple[Layer, ...]:
