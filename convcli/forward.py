@@ -174,7 +174,8 @@ def params_from_keras(model: L.Model, weights: Mapping[str, list[np.ndarray]], s
 
 
 def load_weights(model: L.Model, path: str | Path) -> Params:
-    """Read and check a ``.npz`` weights file for ``model`` (keys ``<layer>.<param>``).
+    """Read and check a weights file for ``model``: ``.npz`` (keys ``<layer>.<param>``), or a
+    Keras ``.weights.h5``, ``.keras`` or ``.h5`` file (each layer's variables in Keras' order).
 
     Raises:
         WeightsError: the file is missing or not a .npz archive; an array is missing,
@@ -184,6 +185,10 @@ def load_weights(model: L.Model, path: str | Path) -> Params:
     from convcli import fileio
 
     path = Path(path)
+    if path.name.lower().endswith((".h5", ".hdf5", ".keras")):
+        from convcli.keras_files import read_keras_weights
+
+        return params_from_keras(model, read_keras_weights(path, model.keras_config), path.name)
     expected = model.param_shapes()
     with fileio.open_npz(path, what="weights file", error=WeightsError) as archive:
         # names, shapes and dtypes come from the members' headers: nothing is inflated

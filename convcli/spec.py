@@ -819,6 +819,7 @@ def keras_model(doc: Any, source: str, input_shape: tuple[int, ...] | None = Non
         input_shape=tuple(int(d) for d in shape if d is not None), layers=tuple(reader.layers),
         name=str((doc.get("config") or {}).get("name", "model")) if isinstance(doc.get("config"), dict) else "sequential",
         input_name=reader.input_name, output=output if output != reader.input_name else None,
+        keras_config=doc,
     )
 
 
@@ -869,7 +870,10 @@ def load_model(source: str, input_shape: tuple[int, ...] | None = None) -> L.Mod
             return load_keras_json(path, input_shape)
         from convcli.keras_files import read_keras_model
 
-        return keras_model(read_keras_model(path).config, path.name, input_shape)
+        keras_file = read_keras_model(path)
+        model = keras_model(keras_file.config, path.name, input_shape)
+        # the file's own weights are the default weights (``--weights`` overrides them)
+        return dataclasses.replace(model, weights_path=path.resolve()) if keras_file.weights is not None else model
     if "(" not in source and _is_file(Path(source)):
         raise InputError(f"model file {source}: expected a .toml, a Keras .json, .keras or .h5 file")
     return parse_arrow(source)

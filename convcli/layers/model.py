@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from convcli.errors import ModelError
 from convcli.layers.base import Layer, Shape, is_int
@@ -40,6 +40,8 @@ class Model:
     """Weights named by the model file (TOML ``weights = "x.npz"``), absolute; not checked here."""
     input_name: str = INPUT_NAME
     output: str | None = None
+    keras_config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The Keras config the model was read from (maps a ``.weights.h5`` back to its layers)."""
 
     def __post_init__(self) -> None:
         if not self.input_shape or not all(is_int(n) and n >= 1 for n in self.input_shape) or len(self.input_shape) not in (1, 3):
