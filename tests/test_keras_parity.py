@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from convcli import forward, spec
+from convcli.errors import WeightsError
 from convcli.summary import summarize
 
 SMALL = Path(__file__).parent / "fixtures" / "keras" / "small"
@@ -113,3 +114,15 @@ def test_layer_shapes_and_counts_match_keras(name: str) -> None:
             assert list(ours[call].output_shape) == shape, call
         assert ours[row["name"]].params == row["count_params"], row["name"]
         assert all(ours[call].params == 0 for call in calls[1:])  # a shared layer's weights count once
+
+
+def test_keras_weights_of_the_wrong_shape_or_count_are_named() -> None:
+    model, _, _ = _load("residual")
+    weights = _keras_weights("residual")
+    weights["conv_b"][0] = np.zeros((3, 3, 4, 5), np.float32)
+    del weights["shortcut"]
+    with pytest.raises(WeightsError) as info:
+        forward.params_from_keras(model, weights, "w.weights.h5")
+    message = str(info.value)
+    assert "layer 'conv_b' (Conv2D) kernel has shape (3, 3, 4, 5), expected (3, 3, 4, 4)" in message
+    assert "layer 'shortcut' (Conv2D) has 0 weight array(s), expected 2 (kernel, bias)" in message
