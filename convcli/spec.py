@@ -647,7 +647,7 @@ class _KerasReader:
             raise ModelError(f"{self.source}: Sequential config has no \"layers\" list")
         previous: str | None = feeds[0] if feeds else None
         if feeds is None and isinstance(config, dict):
-            shape = _keras_shape(config.get("build_input_shape"))
+            shape = _keras_shape(_plain(config.get("build_input_shape")))
             if shape is None and isinstance(doc.get("build_config"), dict):
                 shape = _keras_shape(doc["build_config"].get("input_shape"))
             if shape is not None:
@@ -656,7 +656,7 @@ class _KerasReader:
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or "class_name" not in entry:
                 raise ModelError(f"{self.source}: layers[{index}] is not a Keras layer object")
-            cfg = entry.get("config") or {}
+            cfg = _plain(entry.get("config") or {})
             name = str(cfg.get("name") or entry.get("name") or f"layer_{index}")
             if previous is None:  # the first layer of a top-level Sequential carries the input shape
                 for key in ("batch_input_shape", "batch_shape"):
@@ -685,14 +685,14 @@ class _KerasReader:
         return previous
 
     def functional(self, config: Mapping[str, Any], feeds: list[str] | None) -> str | None:
-        inputs = _endpoints(config.get("input_layers"))
+        inputs = _endpoints(_plain(config.get("input_layers")))
         for position, name in enumerate(inputs):
             if feeds is not None and position < len(feeds):
                 self.alias[name] = feeds[position]
         for index, entry in enumerate(config["layers"]):
             if not isinstance(entry, dict) or "class_name" not in entry:
                 raise ModelError(f"{self.source}: layers[{index}] is not a Keras layer object")
-            cfg = entry.get("config") or {}
+            cfg = _plain(entry.get("config") or {})
             name = str(entry.get("name") or cfg.get("name") or f"layer_{index}")
             nodes = entry.get("inbound_nodes") or []
             if entry["class_name"] == "InputLayer":
@@ -711,7 +711,7 @@ class _KerasReader:
             for call, node in enumerate(nodes or [None]):
                 self.layer(entry, _call_name(name, call), _refs(node) if node is not None else [],
                            shares=name if call else None)
-        outputs = _endpoints(config.get("output_layers"))
+        outputs = _endpoints(_plain(config.get("output_layers")))
         if len(outputs) > 1:
             self.problem("models with several outputs", ", ".join(outputs))
         return self.resolve(outputs[0]) if outputs else (self.layers[-1].name if self.layers else None)
