@@ -15,6 +15,8 @@ input + output pair alive while one layer runs).
 from __future__ import annotations
 
 import math
+import sys
+import types
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -122,6 +124,12 @@ class Summary:
             if row.name == self.output_name:
                 return row.output_shape
         return self.rows[-1].output_shape if self.rows else self.input_shape
+
+    def __str__(self) -> str:
+        """The table and totals as ``convcli summary`` prints them into a pipe (80 columns)."""
+        from convcli.tables import summary_text
+
+        return summary_text(self)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as one JSON-ready document."""
@@ -446,3 +454,17 @@ def layer_arithmetic(
         output_shape=(h_axis.output, w_axis.output, out_depth), neurons=neurons,
         weights_per_filter=weights, params_shared=shared, params_unshared=unshared, macs=macs,
     )
+
+
+class _SummaryModule(types.ModuleType):
+    """``convcli.summary`` is both this module and the API function ``convcli.summary(model)``:
+    Python binds a package attribute to its submodule once the submodule is imported, so
+    the module itself answers the call."""
+
+    def __call__(self, model: Any) -> Summary:
+        from convcli.api import summary
+
+        return summary(model)
+
+
+sys.modules[__name__].__class__ = _SummaryModule

@@ -5,105 +5,10 @@ Imports only pure-Python core modules (no numpy, scipy or Pillow).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
 from convcli.cli._app import app, examples, fail, out_console, print_json
-from convcli.summary import BYTES_PER_FLOAT32
-
-if TYPE_CHECKING:  # pragma: no cover
-    from convcli.cli._tables import TableSpec
-    from convcli.summary import Row, Summary
-
-
-def readable_size(n_bytes: int) -> str:
-    """Bytes as Keras' summary prints them (1024-based, two decimals): ``527.79 MB``, ``0.00 B``."""
-    size = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024:
-            return f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} PB"
-
-
-def readable_count(n: int) -> str:
-    """A large count with an SI suffix: ``15.47 G``."""
-    for value, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
-        if n >= value:
-            return f"{n / value:.2f} {suffix}"
-    return str(n)
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    """A shape as H×W×D (``224x224x64``), as every convcli command prints it."""
-    return "x".join(str(n) for n in shape)
-
-
-def _layer_label(row: Row) -> str:
-    """``name (type)``; the type keeps to one line (NBSP) when the cell wraps."""
-    from convcli.cli._tables import NBSP
-
-    if row.type == "Activation":
-        kind = f"({row.type}: {row.activation})"
-    elif row.activation:
-        kind = f"({row.type} + {row.activation})"
-    else:
-        kind = f"({row.type})"
-    return f"{row.name} {kind.replace(' ', NBSP)}"
-
-
-def _receptive_field(row: Row) -> str:
-    if row.receptive_field is None:
-        return "all"
-    rh, rw, jh, jw = row.receptive_field
-    return f"{rh} ({jh})" if (rh, jh) == (rw, jw) else f"{rh}x{rw} ({jh}x{jw})"
-
-
-def summary_table(summary: Summary) -> TableSpec:
-    """The per-layer table: name (type), output shape and parameters always; the unshared
-    count, memory, receptive field and MACs give way, in that order, to a narrow width."""
-    from convcli.cli._tables import Column, TableSpec
-
-    spec = TableSpec(
-        title=f'Model: "{summary.name}"',
-        narrow_first=False,
-        columns=[
-            Column("Layer (type)", wrap=True),
-            Column("Output Shape"),
-            Column("Param #", justify="right"),
-            Column("Unshared #", justify="right", drop=4),
-            Column("MACs", justify="right", drop=1),
-            Column("RF (jump)", justify="right", drop=2),
-            Column("Memory", justify="right", drop=3),
-        ],
-    )
-    for row in summary.rows:
-        spec.add_row(
-            _layer_label(row),
-            shape_text(row.output_shape),
-            f"{row.params:,}",
-            "" if row.params_unshared is None else f"{row.params_unshared:,}",
-            f"{row.macs:,}",
-            _receptive_field(row),
-            readable_size(row.activation_bytes),
-        )
-    return spec
-
-
-def summary_totals(summary: Summary) -> list[tuple[str, str]]:
-    """The totals under the table, as label/value pairs."""
-    return [
-        ("Total params:", f"{summary.total_params:,} ({readable_size(summary.params_bytes)})"),
-        ("Trainable params:", f"{summary.trainable_params:,} "
-         f"({readable_size(summary.trainable_params * BYTES_PER_FLOAT32)})"),
-        ("Non-trainable params:", f"{summary.non_trainable_params:,} "
-         f"({readable_size(summary.non_trainable_params * BYTES_PER_FLOAT32)})"),
-        ("MACs:", f"{summary.total_macs:,} ({readable_count(summary.total_macs)}); "
-         f"FLOPs = 2 x MACs: {summary.total_flops:,} ({readable_count(summary.total_flops)})"),
-        ("Peak activation memory:", f"{readable_size(summary.peak_activation_bytes)} "
-         "(largest input + output of one layer, float32, batch of 1)"),
-    ]
+from convcli.tables import summary_table, summary_totals
 
 
 @app.command(
