@@ -1,8 +1,12 @@
 """The forward computations of every layer: pure numpy on float32, channels-last batches.
 
 Images are batches ``(N, H, W, C)``, flat activations ``(N, units)``. Parameters come in
-Keras layouts: a conv kernel is ``(F_h, F_w, C, K)``, a dense kernel ``(in, out)``, a
-locally connected kernel ``(out_h * out_w, F_h * F_w * C, K)``.
+Keras layouts: a conv kernel is ``(F_h, F_w, C, K)`` (``(F_h, F_w, C / groups, K)``
+grouped), a depthwise kernel ``(F_h, F_w, C, multiplier)``, a transposed-conv kernel
+``(F_h, F_w, K, C)``, a dense kernel ``(in, out)``, a locally connected kernel
+``(out_h * out_w, F_h * F_w * C, K)``. Semantics follow Keras 3 (the layer classes of
+keras/src/layers and the torch backend's keras/src/backend/torch/nn.py);
+benchmarks/ops_keras_parity.py compares every op with its Keras layer.
 
 Convolution is the lecture's "lay the filter on the image, multiply, sum" done for every
 output neuron at once: the windows of the zero-padded batch are copied into one matrix
@@ -11,8 +15,10 @@ multiplied by the ``(F_h * F_w * C, K)`` kernel matrix in one BLAS call; the bia
 that product (a column of ones against a bias row) and the activation is applied in place
 while the result is still in cache. Large batches are
 processed in chunks so the im2col buffer never exceeds :data:`IM2COL_BUDGET_BYTES`,
-whatever the batch size. No Python loop runs over output positions: the only loops are
-over chunks and, for pooling, over the few offsets inside one window.
+whatever the batch size. Depthwise convolution, which has no matrix product, is one
+``einsum`` over a strided view of the shifted windows; a transposed convolution is one
+matrix product scattered back over the kernel offsets. No Python loop runs over output
+positions: the only loops are over chunks, groups and the few offsets inside one window.
 
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
 >>> conv2d(x, np.ones((3, 3, 1, 1), np.float32))[0, :, :, 0]

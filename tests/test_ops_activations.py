@@ -88,6 +88,19 @@ def test_default_parameters_are_kerass() -> None:
     assert ops.activate(np.float32([0.0]), "squareplus")[0] == 1.0
 
 
+@pytest.mark.parametrize("name", sorted(ops.ALPHA_DEFAULTS))
+def test_alpha_defaults_are_what_activate_uses(name: str) -> None:
+    assert name in ops.ACTIVATIONS
+    z = GRID.copy()
+    np.testing.assert_array_equal(ops.activate(z, name), ops.activate(z, name, ops.ALPHA_DEFAULTS[name]))
+    # and alpha changes the result (it is not ignored)
+    assert not np.array_equal(ops.activate(z, name), ops.activate(z, name, ops.ALPHA_DEFAULTS[name] + 0.25))
+
+
+def test_every_exported_name_exists() -> None:
+    assert all(hasattr(ops, name) for name in ops.__all__)
+
+
 def test_stable_far_out() -> None:
     z = np.array([-3e38, -1e30, -1e4, 1e4, 1e30, 3e38], np.float32)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
