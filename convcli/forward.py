@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -238,24 +238,83 @@ def _layer_weights(params: Mapping[str, np.ndarray], node: L.Node) -> dict[str, 
 
 
 _FUSABLE = (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose, L.LocallyConnected2D, L.Dense)
-"""Layers that apply an activation to each output chunk while it is in cache (``activation=``)."""
+"""Layers that apply an activation to each output chunk while it is in cache (``activation=``),
+and into whose weights a following batch norm folds."""
 
 
-def _fusion(model: L.Model, consumers: Mapping[str, int]) -> dict[str, L.Activation]:
-    """Layer name -> the Activation layer fused into it: a fusable layer without its own
-    activation whose only consumer is an Activation layer (not glu, which changes the shape)."""
-    fused: dict[str, L.Activation] = {}
+class _Step(NamedTuple):
+    """One computation of the pass: a layer, its weights (a batch norm folded in), the
+    activation fused into it, and the name its result goes by (the last layer it stands for)."""
+
+    node: L.Node
+    weights: dict[str, np.ndarray]
+    activation: L.Activation | None
+    output: str
+
+
+def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.BatchNormalization,
+                     bn_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights of ``layer`` followed by inference-mode batch norm, as one layer:
+    y = (x*W + b - mean) * s + beta with s = gamma / sqrt(var + eps) is x*(W s) + (b - mean) s + beta."""
+    var = bn_weights["moving_variance"].astype(np.float64)
+    scale = 1.0 / np.sqrt(var + bn.epsilon)
+    if "gamma" in bn_weights:
+        scale = scale * bn_weights["gamma"]
+    shift = -bn_weights["moving_mean"] * scale
+    if "beta" in bn_weights:
+        shift = shift + bn_weights["beta"]
+    folded = dict(weights)
+    if isinstance(layer, L.DepthwiseConv2D):
+        kernel = weights["depthwise_kernel"]
+        folded["depthwise_kernel"] = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+    elif isinstance(layer, L.SeparableConv2D):
+        folded["pointwise_kernel"] = weights["pointwise_kernel"] * scale
+    elif isinstance(layer, L.Conv2DTranspose):
+        folded["kernel"] = weights["kernel"] * scale[:, None]
+    else:
+        folded["kernel"] = weights["kernel"] * scale
+    bias = weights.get("bias")
+    folded["bias"] = shift if bias is None else bias * scale + shift
+    return {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in folded.items()}
+
+
+def _plan(model: L.Model, params: Mapping[str, np.ndarray], fuse: bool) -> list[_Step]:
+    """The steps of the pass. With ``fuse``, a batch norm whose input is a conv or dense
+    layer's output (its only reader) is folded into that layer's weights, and an Activation
+    reading only that result is applied on each output chunk (not glu: it changes the shape)."""
     nodes = model.nodes()
-    for node, following in zip(nodes, nodes[1:]):
+    readers: dict[str, list[L.Node]] = {}
+    for node in nodes:
+        for source in node.inputs:
+            readers.setdefault(source, []).append(node)
+
+    def only_reader(name: str) -> L.Node | None:
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and name != model.output_name else None
+
+    steps: list[_Step] = []
+    absorbed: set[str] = set()
+    for node in nodes:
         layer = node.layer
-        if (
-            isinstance(layer, _FUSABLE) and layer.activation is None
-            and isinstance(following.layer, L.Activation) and following.layer.function not in ("glu", "linear")
-            and following.inputs == (layer.name,) and consumers.get(layer.name) == 1
-            and layer.name != model.output_name
-        ):
-            fused[layer.name] = following.layer
-    return fused
+        if layer.name in absorbed:
+            continue
+        weights = _layer_weights(params, node)
+        activation: L.Activation | None = None
+        output = layer.name
+        if fuse and isinstance(layer, _FUSABLE) and layer.activation is None:
+            following = only_reader(output)
+            if following is not None and isinstance(following.layer, L.BatchNormalization):
+                weights = _fold_batch_norm(layer, weights, following.layer, _layer_weights(params, following))
+                absorbed.add(following.layer.name)
+                output = following.layer.name
+                following = only_reader(output)
+            if (following is not None and isinstance(following.layer, L.Activation)
+                    and following.layer.function not in ("glu", "linear")):
+                activation = following.layer
+                absorbed.add(activation.name)
+                output = activation.name
+        steps.append(_Step(node, weights, activation, output))
+    return steps
 
 
 def run(
@@ -270,10 +329,10 @@ def run(
 ) -> np.ndarray:
     """Run ``model`` on the batch ``x`` (N, *model.input_shape) and return its output.
 
-    The layers run in graph order; each output is released as soon as its last consumer
-    has run. Without ``on_layer``, an Activation layer right after a conv or dense layer
-    (its only consumer) is fused into it, and other element-wise activations overwrite
-    arrays no later layer needs.
+    The layers run in graph order; each output is released as soon as its last reader has
+    run. Without ``on_layer``, a batch norm after a conv or dense layer is folded into its
+    weights, an Activation after it is applied on each output chunk while it is in cache,
+    and other element-wise activations overwrite arrays no later layer needs.
 
     Args:
         params: ``"<layer>.<param>"`` -> array (from :func:`init_params` or :func:`load_weights`).
@@ -296,43 +355,34 @@ def run(
         )
     generator = rng if rng is not None else np.random.default_rng(seed)
     output = model.output_name
-    consumers: dict[str, int] = {output: 1}
+    readers: dict[str, int] = {output: 1}
     for node in nodes:
         for source in node.inputs:
-            consumers[source] = consumers.get(source, 0) + 1
-    fused = {} if on_layer is not None else _fusion(model, consumers)
+            readers[source] = readers.get(source, 0) + 1
     values: dict[str, np.ndarray] = {model.input_name: x}
     owned: set[str] = set()  # arrays made here, which an in-place activation may overwrite
-    skip: set[str] = set()
-    for node in nodes:
-        layer = node.layer
-        if layer.name in skip:
-            continue
+    for step in _plan(model, params, fuse=on_layer is None):
+        node, layer = step.node, step.node.layer
         xs = [values[source] for source in node.inputs]
-        activation = fused.get(layer.name)
         inplace = (
             on_layer is None and len(node.inputs) == 1 and node.inputs[0] in owned
-            and consumers[node.inputs[0]] == 1
+            and readers[node.inputs[0]] == 1
         )
         ctx = L.Context(
             train_dropout=train_dropout, rng=generator, inplace=inplace,
-            activation=activation.function if activation else None,
-            alpha=activation.alpha if activation else None,
+            activation=step.activation.function if step.activation else None,
+            alpha=step.activation.alpha if step.activation else None,
         )
         start = time.perf_counter()
-        out = layer.forward(_layer_weights(params, node), xs, ctx)
+        out = layer.forward(step.weights, xs, ctx)
         if on_layer is not None:
             on_layer(layer, out, time.perf_counter() - start)
-        name = layer.name
-        if activation is not None:
-            skip.add(activation.name)
-            name = activation.name
-        values[name] = out
-        if not any(np.may_share_memory(out, v) for v in xs) and out is not x:
-            owned.add(name)
+        values[step.output] = out
+        if out is not x and not any(np.may_share_memory(out, v) for v in xs):
+            owned.add(step.output)
         for source in node.inputs:
-            consumers[source] -= 1
-            if consumers[source] == 0:
+            readers[source] -= 1
+            if readers[source] == 0:
                 del values[source]
     return values[output]
 

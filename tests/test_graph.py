@@ -231,3 +231,27 @@ def test_input_shape_fills_an_open_keras_input(cli, tmp_path: Path) -> None:
     assert doc["layers"][0]["note"] == "windows never reach the last 1 row and 1 column"
     mismatch = cli("summary", str(path), "--input-shape", "10,10,1")
     assert mismatch.exit_code == 2 and "does not match the model's input" in mismatch.stderr
+
+
+@pytest.mark.parametrize(
+    "layer",
+    ["CONV(6,3,pad=same)", "CONV(6,3,pad=same,groups=2,bias=false)", "DWCONV(3,multiplier=2,pad=same)",
+     "SEPCONV(5,3,multiplier=2,pad=same)", "DECONV(4,3,stride=2)", "LOCAL(3,3)", "FC(4)"],
+)
+def test_batch_norm_folded_into_the_layer_before_it(layer: str) -> None:
+    """The fused pass folds BN (with moving statistics far from 0 and 1) into the weights of
+    the layer before it and applies the activation after it; the per-layer pass computes each
+    layer on its own. Both must agree."""
+    model = spec.parse_arrow(f"INPUT(9,9,4) => {layer} => BN(epsilon=0.01) => SIGMOID")
+    params = forward.init_params(model, seed=5)
+    rng = np.random.default_rng(6)
+    bn = model.layers[-2].name
+    for key in ("gamma", "beta", "moving_mean"):
+        params[f"{bn}.{key}"] = rng.normal(size=params[f"{bn}.{key}"].shape).astype(np.float32)
+    params[f"{bn}.moving_variance"] = rng.uniform(0.1, 3.0, params[f"{bn}.moving_variance"].shape).astype(np.float32)
+    x = rng.standard_normal((3, 9, 9, 4)).astype(np.float32)
+    fused = forward.run(model, x, params)
+    steps: list[str] = []
+    separate = forward.run(model, x, params, on_layer=lambda lyr, y, s: steps.append(lyr.type))
+    assert steps[-2:] == ["BatchNormalization", "Activation"]
+    np.testing.assert_allclose(fused, separate, rtol=1e-5, atol=1e-6)
