@@ -56,7 +56,14 @@ CASES: dict[str, tuple[str, int]] = {
     ),
 }
 
-TARGETS = {"alexnet-conv1": 1.5, "alexnet-convs": 1.3, "vgg16-blocks12": 1.3, "lenet5": 1.5}
+# Real architectures: Keras 3's own keras.applications configs (tests/fixtures/keras/apps)
+KERAS_CASES: dict[str, tuple[str, int]] = {
+    "resnet50": ("ResNet50", 8),
+    "mobilenetv2": ("MobileNetV2", 8),
+}
+
+TARGETS = {"alexnet-conv1": 1.5, "alexnet-convs": 1.3, "vgg16-blocks12": 1.3, "lenet5": 1.5,
+           "resnet50": 1.3, "mobilenetv2": 2.0}
 
 
 # ----------------------------------------------------------------------------- in the worker
@@ -155,7 +162,95 @@ def _torch_activation(name: str) -> Any:
     import torch
 
     return {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-            "softmax": lambda t: torch.softmax(t, dim=1)}[name]
+            "relu6": lambda t: torch.clamp(t, 0, 6), "softmax": lambda t: torch.softmax(t, dim=1)}[name]
+
+
+def _torch_graph(model: Any, params: dict[str, Any], threads: int) -> Any:
+    """A keras.applications graph with torch.nn.functional in NCHW, layer by layer as
+    PyTorch's eager models run (batch norm as its own op). Weights are transposed once."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from convcli import layers as L
+
+    torch.set_num_threads(threads)
+
+    def tensor(key: str, axes: tuple[int, ...] | None = None) -> Any:
+        array = params[key]
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(axes) if axes else array))
+
+    ops = []
+    for node in model.nodes():
+        layer, name, shape = node.layer, node.layer.name, node.input_shapes[0]
+        if isinstance(layer, (L.Conv2D, L.DepthwiseConv2D)):
+            if isinstance(layer, L.Conv2D):
+                weight, groups = tensor(f"{name}.kernel", (3, 2, 0, 1)), layer.groups
+            else:
+                k = params[f"{name}.depthwise_kernel"]  # (F, F, C, m) -> (C*m, 1, F, F)
+                weight = torch.from_numpy(np.ascontiguousarray(k.reshape(*k.shape[:2], -1).transpose(2, 0, 1)[:, None]))
+                groups = shape[2]
+            bias = tensor(f"{name}.bias") if layer.use_bias else None
+            top, bottom, left, right = layer.padding_amounts(shape)
+
+            def fn(t, w=weight, b=bias, s=layer.strides, d=layer.dilation, p=(left, right, top, bottom), g=groups, a=layer.activation):
+                if any(p):
+                    t = F.pad(t, p)
+                t = F.conv2d(t, w, b, stride=s, dilation=d, groups=g)
+                return _torch_activation(a)(t) if a else t
+        elif isinstance(layer, L.BatchNormalization):
+            stats = [tensor(f"{name}.{key}") for key in ("moving_mean", "moving_variance")]
+            gamma = tensor(f"{name}.gamma") if layer.scale else None
+            beta = tensor(f"{name}.beta") if layer.center else None
+
+            def fn(t, m=stats[0], v=stats[1], g=gamma, b=beta, e=layer.epsilon):
+                return F.batch_norm(t, m, v, g, b, False, 0.0, e)
+        elif isinstance(layer, L.Activation):
+            fn = _torch_activation(layer.function)
+        elif isinstance(layer, L.ReLU):
+            fn = (lambda t, hi=layer.max_value: torch.clamp(t, 0, hi)) if layer.max_value is not None else torch.relu
+        elif isinstance(layer, L.ZeroPadding2D):
+            top, bottom, left, right = layer.padding
+            fn = lambda t, p=(left, right, top, bottom): F.pad(t, p)  # noqa: E731
+        elif isinstance(layer, L.MaxPooling2D):
+            top, bottom, left, right = layer.padding_amounts(shape)
+
+            def fn(t, k=layer.pool_size, s=layer._strides, p=(left, right, top, bottom)):
+                if any(p):
+                    t = F.pad(t, p, value=float("-inf"))
+                return F.max_pool2d(t, k, s)
+        elif isinstance(layer, L.GlobalAveragePooling2D):
+            fn = lambda t: t.mean(dim=(2, 3))  # noqa: E731
+        elif isinstance(layer, L.Dense):
+            weight, bias = tensor(f"{name}.kernel", (1, 0)), tensor(f"{name}.bias") if layer.use_bias else None
+
+            def fn(t, w=weight, b=bias, a=layer.activation):
+                t = F.linear(t, w, b)
+                return _torch_activation(a)(t) if a else t
+        elif isinstance(layer, L.Add):
+            fn = lambda *ts: torch.stack(ts).sum(0) if len(ts) > 2 else ts[0] + ts[1]  # noqa: E731
+        elif isinstance(layer, L.Dropout):
+            fn = lambda t: t  # noqa: E731
+        else:
+            raise SystemExit(f"benchmark: no PyTorch translation for {layer.type}")
+        ops.append((name, node.inputs, fn))
+
+    last_use: dict[str, int] = {}
+    for index, (_, inputs, _) in enumerate(ops):
+        for source in inputs:
+            last_use[source] = index
+
+    def run(x: Any) -> Any:
+        with torch.inference_mode():
+            values = {model.input_name: torch.from_numpy(x)}
+            for index, (name, inputs, fn) in enumerate(ops):
+                values[name] = fn(*(values[i] for i in inputs))
+                for source in inputs:  # free what no later layer reads, as an eager model does
+                    if last_use[source] == index and source != model.output_name:
+                        del values[source]
+            return values[model.output_name]
+
+    return run
 
 
 def _setup(case: str, framework: str, threads: int) -> tuple[Any, Any, Any]:
@@ -164,12 +259,19 @@ def _setup(case: str, framework: str, threads: int) -> tuple[Any, Any, Any]:
     from convcli import forward
     from convcli.spec import parse_arrow
 
-    text, batch = CASES[case]
-    model = parse_arrow(text)
+    from convcli.spec import load_model
+
+    if case in KERAS_CASES:
+        app, batch = KERAS_CASES[case]
+        model = load_model(str(ROOT / "tests" / "fixtures" / "keras" / "apps" / f"{app}.json"))
+    else:
+        text, batch = CASES[case]
+        model = parse_arrow(text)
     params = forward.init_params(model, seed=0)
     x = np.random.default_rng(1).random((batch, *model.input_shape), dtype=np.float32)
     if framework == "torch":
-        return model, _torch_forward(model, params, threads), np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        translate = _torch_graph if case in KERAS_CASES else _torch_forward
+        return model, translate(model, params, threads), np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return model, _convcli_forward(model, params), x
 
 
@@ -205,7 +307,8 @@ def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out
             fn(x)
             times[name].append(time.perf_counter() - start)
     model = setups[frameworks[0]][0]
-    macs = sum(layer.macs(in_shape) for layer, in_shape, _ in model.shapes()) * CASES[case][1]
+    batch = (KERAS_CASES.get(case) or CASES[case])[1]
+    macs = sum(node.layer.macs(*node.input_shapes) for node in model.nodes()) * batch
     return {name: {"best": min(t), "median": float(np.median(t)), "flops": 2 * macs} for name, t in times.items()}
 
 
@@ -240,7 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per case (best is reported)")
     parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks")
-    parser.add_argument("--case", action="append", choices=sorted(CASES), help="run only these cases")
+    parser.add_argument("--case", action="append", choices=sorted({**CASES, **KERAS_CASES}), help="run only these cases")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,8 +361,8 @@ def main() -> None:
     results = []
     frameworks = ["convcli"] + (["torch"] if torch_version else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for case in args.case or list(CASES):
-            row: dict[str, Any] = {"case": case, "batch": CASES[case][1]}
+        for case in args.case or [*CASES, *KERAS_CASES]:
+            row: dict[str, Any] = {"case": case, "batch": (KERAS_CASES.get(case) or CASES[case])[1]}
             timed = _worker(args, "time", case, tmp, *frameworks)
             for name in frameworks:
                 memory = _worker(args, "memory", case, name, memory=True)
