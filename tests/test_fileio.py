@@ -298,8 +298,11 @@ def test_every_file_run_and_filter_write_has_a_normal_mode(cli, tmp_path: Path, 
 # ----------------------------------------------------------------------------- signals
 
 _SLOW_WRITER = """
-import sys, time
+import signal, sys, time
 from convcli import fileio
+# a shell starts background jobs with SIGINT ignored, and children inherit that: restore
+# Python's default (Ctrl-C raises KeyboardInterrupt), as in a command typed at a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 fileio.install_signal_cleanup()
 
 def slow(stream):
