@@ -6,7 +6,8 @@ The layout lives in :mod:`convcli.tables` (pure Python). Here:
   else 80 (what rich assumes for a pipe).
 - On a terminal the header is bold and ruled with a line; when stdout is not a terminal
   the table is plain text: no box-drawing characters, no colour codes.
-- When columns had to be left out, a note on stderr names them (``-q`` silences it).
+- When columns had to be left out on a terminal, a note on stderr names them (``-q``
+  silences it); into a pipe the table alone is printed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def print_table(spec: TableSpec, console: Console, *, hint: str = "--json") -> N
     lines, left_out = render(spec, width, plain=is_plain(console))
     for line in lines:
         console.print(line, soft_wrap=True, overflow="ignore", crop=False)
-    if left_out:
+    if left_out and not is_plain(console):  # a terminal can be widened; a pipe is for scripts
         from convcli.cli._app import note
 
         note(f"left out {', '.join(left_out)} to fit {width} columns (a wider terminal or {hint} shows them)")

@@ -117,13 +117,14 @@ def _print_table(
     print_table(table, out_console, hint="--json")
     print_pairs(
         [("forward pass", f"{total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")],
-        out_console, label_style="",
+        out_console, label_style="", align=False,
     )
 
 
 def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> None:
     from convcli.cli._tables import Column, TableSpec, print_table
 
+    out_console.print()
     if len(labels) == 1:
         table = TableSpec(
             columns=[Column("Rank", justify="right"), Column("Class"), Column("Probability", justify="right")],
