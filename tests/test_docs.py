@@ -156,7 +156,7 @@ def test_console_examples_run_as_shown(page: Path, tmp_path: Path) -> None:
 
 
 def test_pages_have_examples() -> None:
-    counts = {p.name: len(examples(p.read_text())) for p in PAGES}
+    counts = {p.relative_to(ROOT).as_posix(): len(examples(p.read_text())) for p in PAGES}
     assert counts["README.md"] >= 4
     assert sum(counts.values()) >= 40
 
