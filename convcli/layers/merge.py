@@ -14,6 +14,7 @@ from convcli.layers.base import (
     Unsupported,
     Value,
     is_int,
+    ops,
     read_float,
     read_int,
     register,
@@ -72,34 +73,13 @@ class _Merge(Layer):
             raise ModelError(f"layer '{self.name}' ({self.type}) needs at least two inputs; it has {len(input_shapes)}")
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        import numpy as np
-
-        operands: list[Any] = list(xs)
+        operands = list(xs)
         if self.constant is not None:
-            operands.insert(self.constant_index, np.float32(self.constant))
-        return _COMBINE[self.function](np, operands)
+            import numpy as np
 
-
-def _reduce(ufunc_name: str) -> Any:
-    def combine(np: Any, operands: list[Any]) -> Any:
-        ufunc = getattr(np, ufunc_name)
-        out = ufunc(operands[0], operands[1])
-        for operand in operands[2:]:
-            ufunc(out, operand, out=out)
-        return out
-
-    return combine
-
-
-_COMBINE = {
-    "add": _reduce("add"),
-    "multiply": _reduce("multiply"),
-    "maximum": _reduce("maximum"),
-    "minimum": _reduce("minimum"),
-    "subtract": lambda np, ops: np.subtract(ops[0], ops[1]),
-    "divide": lambda np, ops: np.divide(ops[0], ops[1]),
-    "average": lambda np, ops: _reduce("add")(np, ops) / np.float32(len(ops)),
-}
+            shape = (len(xs[0]),) + (1,) * (xs[0].ndim - 1)
+            operands.insert(self.constant_index, np.full(shape, self.constant, np.float32))
+        return ops().merge(self.function, operands)
 
 
 @register
@@ -128,18 +108,6 @@ class Subtract(_Merge):
     def _check_count(self, input_shapes: Sequence[Shape]) -> None:
         if len(input_shapes) + (self.constant is not None) != 2:
             raise ModelError(f"layer '{self.name}' (Subtract) needs exactly two inputs; it has {len(input_shapes)}")
-
-
-@register
-@dataclass(frozen=True, kw_only=True)
-class Divide(Subtract):
-    """x / y (Keras' ``ops.divide`` on tensors, two operands)."""
-
-    type: ClassVar[str] = "Divide"
-    function: ClassVar[str] = "divide"
-    tokens: ClassVar[tuple[str, ...]] = ()
-    prefix: ClassVar[str] = "divide"
-    keras_classes: ClassVar[tuple[str, ...]] = ("Divide", "TrueDivide")
 
 
 @register
@@ -234,9 +202,7 @@ class Concatenate(Layer):
         return tuple(sum(s[axis] for s in input_shapes) if i == axis else n for i, n in enumerate(input_shapes[0]))
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        import numpy as np
-
-        return np.concatenate(xs, axis=self._axis(xs[0].ndim - 1) + 1)
+        return ops().merge("concatenate", xs, axis=self.axis)
 
 
 @register
