@@ -406,8 +406,9 @@ def conv2d_backward(
     padding: ops.Padding = "valid",
     dilation: int | Pair = 1,
     use_bias: bool = True,
+    input_gradient: bool = True,
     chunk_bytes: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`convcli.ops.conv2d` (before its activation: apply
     :func:`activation_backward` first for a fused one).
 
@@ -416,10 +417,12 @@ def conv2d_backward(
         grad: gradient of the loss with respect to the output (N, OH, OW, K).
         strides, padding, dilation: as given to the forward.
         use_bias: whether the layer has a bias (else the third result is None).
+        input_gradient: False skips dx (None): a first layer's input is data, not learned,
+            and its gradient is the costliest part when the input has few channels.
         chunk_bytes: im2col budget per chunk (default as the forward).
 
     Returns:
-        (dx (N, H, W, C), dkernel (F_h, F_w, C, K), dbias (K,) or None).
+        (dx (N, H, W, C) or None, dkernel (F_h, F_w, C, K), dbias (K,) or None).
 
     >>> dx, dk, db = conv2d_backward(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1)), np.ones((1, 2, 2, 1)))
     >>> dx[0, :, :, 0].tolist(), dk.ravel().tolist(), db.tolist()
@@ -451,7 +454,14 @@ def conv2d_backward(
     weights = kernel.reshape(cols_per_row, k)
     dweights = np.zeros((cols_per_row, k), dtype)
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))) if any(pads) else x
-    dxp = np.zeros((n, hp, wp, c), dtype)
+    # With stride 1 the transposed correlation is itself a correlation: the output gradient,
+    # padded by (F - 1 - padding), against the kernel turned by 180 degrees with its input
+    # and output channels swapped. In float32 the forward's own conv2d computes it (its
+    # chunked im2col and one GEMM), instead of scattering the window gradients back.
+    before_after = (eh - 1 - top, eh - 1 - bottom, ew - 1 - left, ew - 1 - right)
+    through_forward = dtype == np.float32 and strides_ == (1, 1) and min(before_after) >= 0
+    scatter = input_gradient and not through_forward
+    dxp = np.zeros((n, hp, wp, c), dtype) if scatter else None
     view = _window_view(xp, (fh, fw), strides_, dilation_, (oh, ow))
     budget = _budget(chunk_bytes, cols_per_row, dtype.itemsize)
     samples, rows = _chunk_plan(n, oh, ow * cols_per_row * dtype.itemsize, budget)
@@ -466,10 +476,17 @@ def conv2d_backward(
             np.copyto(cols.reshape(part.shape), part)
             g_block = g[n0:n1, r0:r1].reshape(m, k)
             dweights += cols.T @ g_block
-            np.matmul(g_block, weights.T, out=cols)  # the buffer now holds the window gradients
-            _col2im_add(dxp[n0:n1], cols.reshape(part.shape), r0, strides_, dilation_)
+            if dxp is not None:
+                np.matmul(g_block, weights.T, out=cols)  # the buffer now holds the window gradients
+                _col2im_add(dxp[n0:n1], cols.reshape(part.shape), r0, strides_, dilation_)
     dbias = g.sum(axis=(0, 1, 2)) if use_bias else None
-    return _crop(dxp, pads, (h, w)), dweights.reshape(fh, fw, c, k), dbias
+    dx: np.ndarray | None = None
+    if dxp is not None:
+        dx = _crop(dxp, pads, (h, w))
+    elif input_gradient:
+        turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        dx = ops.conv2d(g, turned, padding=before_after, dilation=dilation_, chunk_bytes=chunk_bytes)
+    return dx, dweights.reshape(fh, fw, c, k), dbias
 
 
 def locally_connected2d_backward(
@@ -480,8 +497,9 @@ def locally_connected2d_backward(
     kernel_size: int | Pair,
     strides: int | Pair = 1,
     use_bias: bool = True,
+    input_gradient: bool = True,
     chunk_bytes: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`convcli.ops.locally_connected2d` (valid padding, before its
     activation).
 
@@ -490,7 +508,8 @@ def locally_connected2d_backward(
         grad: (N, OH, OW, K).
 
     Returns:
-        (dx (N, H, W, C), dkernel like ``kernel``, dbias (OH, OW, K) or None).
+        (dx (N, H, W, C) or None when ``input_gradient`` is False, dkernel like ``kernel``,
+        dbias (OH, OW, K) or None).
 
     Each output position has its own weights, so the kernel gradient is one small product
     per position (``X_p^T @ G_p`` over the samples), all in one batched matmul.
@@ -529,10 +548,11 @@ def locally_connected2d_backward(
             g_block = g[n0:n1, r0:r1].reshape(b, p, k).transpose(1, 0, 2)  # (p, b, K)
             w_block = positions[r0:r1].reshape(p, cols_per_row, k)
             dkernel[r0:r1] += np.matmul(cols.transpose(0, 2, 1), g_block).reshape(r1 - r0, ow, cols_per_row, k)
-            dcols = np.matmul(g_block, w_block.transpose(0, 2, 1))  # (p, b, FFC)
-            _col2im_add(dx[n0:n1], dcols.transpose(1, 0, 2).reshape(part.shape), r0, strides_, (1, 1))
+            if input_gradient:
+                dcols = np.matmul(g_block, w_block.transpose(0, 2, 1))  # (p, b, FFC)
+                _col2im_add(dx[n0:n1], dcols.transpose(1, 0, 2).reshape(part.shape), r0, strides_, (1, 1))
     dbias = g.sum(axis=0) if use_bias else None
-    return dx, dkernel.reshape(kernel.shape), dbias
+    return (dx if input_gradient else None), dkernel.reshape(kernel.shape), dbias
 
 
 # --------------------------------------------------------------------------------------
@@ -597,10 +617,14 @@ def max_pool2d_backward(
         np.maximum(out, xp[where], out=out)
     dxp = np.zeros(xp.shape, dtype)
     taken = np.zeros(out.shape, bool)
-    zero = dtype.type(0)
+    overlapping = strides_[0] < size[0] or strides_[1] < size[1]
     for where in offsets:
-        first = (xp[where] == out) & ~taken
-        dxp[where] += np.where(first, g, zero)
+        first = xp[where] == out
+        first &= ~taken
+        if overlapping:
+            dxp[where] += first * g
+        else:  # each pixel is in one window at most: write, do not add
+            np.multiply(first, g, out=dxp[where])
         taken |= first
     return _crop(dxp, pads, (h, w))
 
@@ -686,10 +710,10 @@ def zero_pad2d_backward(grad: np.ndarray, padding: tuple[int, int, int, int]) ->
 
 
 def dense_backward(
-    x: np.ndarray, kernel: np.ndarray, grad: np.ndarray, *, use_bias: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Gradients of :func:`convcli.ops.dense` (before its activation): ``dx = G @ W^T``,
-    ``dW = x^T @ G``, ``db = sum of G over the batch``."""
+    x: np.ndarray, kernel: np.ndarray, grad: np.ndarray, *, use_bias: bool = True, input_gradient: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.dense` (before its activation): ``dx = G @ W^T``
+    (None when ``input_gradient`` is False), ``dW = x^T @ G``, ``db = sum of G over the batch``."""
     dtype = _dtype(x, kernel, grad)
     x = _array(x, dtype, 2, "dense_backward")
     kernel = _array(kernel, dtype, 2, "dense_backward")
@@ -699,7 +723,7 @@ def dense_backward(
         )
     g = _array(grad, dtype, 2, "dense_backward")
     _check_grad(g, (x.shape[0], kernel.shape[1]), "dense_backward")
-    return g @ kernel.T, x.T @ g, (g.sum(axis=0) if use_bias else None)
+    return (g @ kernel.T if input_gradient else None), x.T @ g, (g.sum(axis=0) if use_bias else None)
 
 
 @dataclass(frozen=True)

@@ -237,16 +237,47 @@ def test_conv2d_backward_matches_finite_differences(case, chunk_bytes) -> None:
     assert_gradient(db, numeric_gradient(loss, bias))
 
 
-def test_conv2d_backward_float32_stays_float32_and_agrees() -> None:
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_backward_float32_stays_float32_and_agrees(case) -> None:
+    """float32 takes other paths (with stride 1 the input gradient is the forward's conv2d
+    with the turned kernel); they agree with the float64 results checked above."""
+    n, h, w, c, fh, fw, k, strides, padding, dilation = case
     rng = np.random.default_rng(3)
-    x, kernel, g = rand(rng, 3, 8, 8, 2), rand(rng, 3, 3, 2, 5), rand(rng, 3, 4, 4, 5)
-    wide = grad.conv2d_backward(x, kernel, g, strides=2, padding="same")
-    narrow = grad.conv2d_backward(x.astype(np.float32), kernel.astype(np.float32), g.astype(np.float32),
-                                  strides=2, padding="same")
+    x, kernel = rand(rng, n, h, w, c), rand(rng, fh, fw, c, k)
+    pads = _conv_pads(h, w, fh, fw, strides, padding, dilation)
+    g = rand(rng, *conv_ref(x, kernel, None, strides, pads, dilation).shape)
+    options = {"strides": strides, "padding": padding, "dilation": dilation}
+    wide = grad.conv2d_backward(x, kernel, g, **options)
+    narrow = grad.conv2d_backward(x.astype(np.float32), kernel.astype(np.float32), g.astype(np.float32), **options)
     for a, b in zip(narrow, wide):
         assert a is not None and b is not None
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    skipped = grad.conv2d_backward(x.astype(np.float32), kernel.astype(np.float32), g.astype(np.float32),
+                                   input_gradient=False, **options)
+    assert skipped[0] is None
+    np.testing.assert_array_equal(skipped[1], narrow[1])
+
+
+def test_conv2d_backward_memory_stays_bounded() -> None:
+    """A batch whose im2col would take 27 MiB in one piece is processed in chunks: the peak
+    is the input, its gradient and the output gradient plus about one chunk."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32, 32, 8), dtype=np.float32)  # 2 MiB
+    kernel = rng.standard_normal((3, 3, 8, 8), dtype=np.float32)
+    g = rng.standard_normal((64, 32, 32, 8), dtype=np.float32)
+    chunk = 2**20
+    tracemalloc.start()
+    try:
+        grad.conv2d_backward(x, kernel, g, padding="same", chunk_bytes=chunk)
+        grad.conv2d_backward(x.astype(np.float64), kernel, g, padding="same", chunk_bytes=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    im2col = 64 * 32 * 32 * 72 * 8  # float64: 36 MiB in one piece
+    assert peak < 6 * x.nbytes * 2 + 4 * chunk < im2col
 
 
 def test_conv2d_backward_without_bias_and_bad_shapes() -> None:
