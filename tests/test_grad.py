@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convcli import grad, losses, ops
+from convcli import grad, losses, ops, optim
 from convcli.errors import InputError, ModelError, ShapeError
 
 H = 1e-6
@@ -673,11 +673,12 @@ def test_doctests() -> None:
 # --------------------------------------------------------------------------- PyTorch autograd
 
 
-def test_lecture_model_gradients_match_torch_autograd() -> None:
+def _lecture_model(torch, conv_bias: bool):
     """The lecture's model (conv, batch norm, leaky ReLU, max and average pooling, dense,
-    softmax, categorical cross-entropy) through convcli's forward and backward against
-    torch autograd on the same float32 weights."""
-    torch = pytest.importorskip("torch")
+    softmax, categorical cross-entropy) on one seeded batch: convcli's forward (ops) and
+    backward (grad) beside torch autograd on the same float32 weights.
+
+    Returns (weights, our gradients, torch's gradients, our loss, torch's loss)."""
     F = torch.nn.functional
     rng = np.random.default_rng(21)
     n, classes = 6, 4
@@ -692,9 +693,11 @@ def test_lecture_model_gradients_match_torch_autograd() -> None:
         "dense": (rng.standard_normal((2 * 2 * 5, classes)) * 0.4).astype(np.float32),
         "dense_b": (rng.standard_normal(classes) * 0.1).astype(np.float32),
     }
+    if not conv_bias:
+        del weights["conv_b"]
     alpha = 0.1
     # convcli: forward with ops (and the training batch norm), backward with grad
-    z1 = ops.conv2d(x, weights["conv"], weights["conv_b"], padding="same")
+    z1 = ops.conv2d(x, weights["conv"], weights.get("conv_b"), padding="same")
     z2, bn = grad.batch_norm_train(z1, weights["gamma"], weights["beta"], np.zeros(5), np.ones(5))
     a2 = ops.leaky_relu(z2, alpha)
     p3 = ops.max_pool2d(a2, 2, 2, "same")  # 9x9 -> 5x5
@@ -710,7 +713,8 @@ def test_lecture_model_gradients_match_torch_autograd() -> None:
     g = grad.max_pool2d_backward(a2, g, 2, 2, "same")
     g = grad.activation_backward("leaky_relu", g, output=a2, alpha=alpha)
     g, d_gamma, d_beta = grad.batch_norm_backward(g, bn)
-    _, d_conv, d_conv_b = grad.conv2d_backward(x, weights["conv"], g, padding="same")
+    _, d_conv, d_conv_b = grad.conv2d_backward(x, weights["conv"], g, padding="same", use_bias=conv_bias,
+                                               input_gradient=False)
     ours = {"conv": d_conv, "conv_b": d_conv_b, "gamma": d_gamma, "beta": d_beta,
             "dense": d_dense, "dense_b": d_dense_b}
 
@@ -718,7 +722,7 @@ def test_lecture_model_gradients_match_torch_autograd() -> None:
     # for the 2x2 stride-2 pool over 9 pixels it is one row/column after (-inf for max)
     t = {k: torch.tensor(v, requires_grad=True) for k, v in weights.items()}
     tx = torch.tensor(x).permute(0, 3, 1, 2)
-    z = F.conv2d(tx, t["conv"].permute(3, 2, 0, 1), t["conv_b"], padding=1)
+    z = F.conv2d(tx, t["conv"].permute(3, 2, 0, 1), t.get("conv_b"), padding=1)
     mean = z.mean(dim=(0, 2, 3), keepdim=True)
     var = ((z - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
     z = (z - mean) / torch.sqrt(var + 1e-3) * t["gamma"].view(1, -1, 1, 1) + t["beta"].view(1, -1, 1, 1)
@@ -730,12 +734,45 @@ def test_lecture_model_gradients_match_torch_autograd() -> None:
     q = torch.clip(probs_t / probs_t.sum(-1, keepdim=True), 1e-7, 1 - 1e-7)
     loss_t = -(torch.tensor(y) * torch.log(q)).sum(-1).mean()
     loss_t.backward()
-    assert ours_loss == pytest.approx(loss_t.item(), rel=1e-5)
+    theirs = {key: tensor.grad.numpy() for key, tensor in t.items()}
+    return weights, {key: ours[key] for key in weights}, theirs, ours_loss, loss_t.item()
+
+
+def test_lecture_model_gradients_match_torch_autograd() -> None:
+    torch = pytest.importorskip("torch")
+    _, ours, theirs, ours_loss, their_loss = _lecture_model(torch, conv_bias=True)
+    assert ours_loss == pytest.approx(their_loss, rel=1e-5)
     for key, value in ours.items():
-        theirs = t[key].grad.numpy()
         assert value is not None
-        scale = float(np.abs(theirs).max())
+        scale = float(np.abs(theirs[key]).max())
         # the conv bias feeds a batch norm, which removes it: both gradients are float32 noise
         floor = 1e-6 if key == "conv_b" else 0.0
-        assert float(np.abs(value - theirs).max()) <= 1e-4 * scale + floor, key
+        assert float(np.abs(value - theirs[key]).max()) <= 1e-4 * scale + floor, key
     assert float(np.abs(ours["conv_b"]).max()) < 1e-5 < float(np.abs(ours["conv"]).max())
+
+
+def test_lecture_model_one_sgd_and_one_adam_step_match_torch() -> None:
+    """From the same weights, one full-batch step: every weight within 1e-4 (relative to the
+    largest of its array) of torch.optim's. The conv has no bias before its batch norm, as
+    Keras models write it (a bias there gets only float32 noise as its gradient, and Adam
+    turns any noise into a step of about lr)."""
+    torch = pytest.importorskip("torch")
+    weights, ours, theirs, _, _ = _lecture_model(torch, conv_bias=False)
+    # Keras adds epsilon to sqrt(v) before v's bias correction: at step 1 that is torch's
+    # Adam with epsilon / sqrt(1 - beta_2)
+    torch_optimizers = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.9, 0.999), eps=1e-7 / math.sqrt(0.001)),
+    }
+    for name, make in torch_optimizers.items():
+        params = {key: value.copy() for key, value in weights.items()}
+        optim.make_optimizer(name, 0.1 if name == "sgd" else 0.01).step(params, ours)
+        tensors = {key: torch.tensor(value, requires_grad=True) for key, value in weights.items()}
+        for key, tensor in tensors.items():
+            tensor.grad = torch.tensor(theirs[key])
+        make(list(tensors.values())).step()
+        for key, value in params.items():
+            expected = tensors[key].detach().numpy()
+            moved = float(np.abs(expected - weights[key]).max())
+            assert moved > 1e-4, (name, key)
+            assert float(np.abs(value - expected).max()) <= 1e-4 * float(np.abs(expected).max()), (name, key)
