@@ -34,6 +34,7 @@ between equal maxima (``torch.amax``); the derivative of ReLU at 0 is 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -54,16 +55,27 @@ __all__ = [
     "batch_norm_train",
     "concatenate_backward",
     "conv2d_backward",
+    "conv2d_transpose_backward",
+    "cropping2d_backward",
     "dense_backward",
+    "depthwise_conv2d_backward",
     "dropout_backward",
     "dropout_mask",
     "flatten_backward",
     "global_avg_pool2d_backward",
     "global_max_pool2d_backward",
+    "layer_norm_backward",
     "locally_connected2d_backward",
     "loss_gradient",
     "max_pool2d_backward",
+    "merge_backward",
+    "normalization_backward",
+    "permute_backward",
     "relu_layer_backward",
+    "rescaling_backward",
+    "reshape_backward",
+    "separable_conv2d_backward",
+    "upsampling2d_backward",
     "zero_pad2d_backward",
 ]
 
@@ -846,6 +858,395 @@ def concatenate_backward(grad: np.ndarray, sizes: Sequence[int], axis: int = -1)
             f"{g.shape[axis]} on axis {axis}"
         )
     return [np.ascontiguousarray(p) for p in np.split(g, np.cumsum(sizes)[:-1], axis=axis)]
+
+
+# --------------------------------------------------------------------------------------
+# Depthwise, separable and transposed convolutions
+# --------------------------------------------------------------------------------------
+
+
+def _conv_setup(
+    x: np.ndarray, kernel_hw: Pair, strides: int | Pair, padding: ops.Padding, dilation: int | Pair, what: str
+) -> tuple[np.ndarray, tuple[int, int, int, int], Pair, Pair, int, int]:
+    """(padded x, pads, strides, dilation, OH, OW) as the forward computes them."""
+    _, h, w, _ = x.shape
+    strides_ = _pair(strides, (1, 1), "strides")
+    dilation_ = _pair(dilation, (1, 1), "dilation")
+    pads = ops.resolve_padding((h, w), kernel_hw, strides_, padding, dilation_)
+    top, bottom, left, right = pads
+    eh = geometry.effective_kernel(kernel_hw[0], dilation_[0])
+    ew = geometry.effective_kernel(kernel_hw[1], dilation_[1])
+    hp, wp = h + top + bottom, w + left + right
+    if hp < eh or wp < ew:
+        raise ShapeError(f"{what}: the kernel {eh}x{ew} is larger than the padded input {hp}x{wp}")
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))) if any(pads) else x
+    return xp, pads, strides_, dilation_, (hp - eh) // strides_[0] + 1, (wp - ew) // strides_[1] + 1
+
+
+def _depthwise_forward(xp: np.ndarray, kernel: np.ndarray, strides: Pair, dilation: Pair, out_hw: Pair) -> np.ndarray:
+    """Depthwise convolution of the padded batch in its own precision, (n, OH, OW, C, m):
+    one multiply-add per kernel offset."""
+    fh, fw, c, m = kernel.shape
+    out = np.zeros((xp.shape[0], *out_hw, c, m), xp.dtype)
+    for u in range(fh):
+        for v in range(fw):
+            part = xp[_offset_slice(u * dilation[0], v * dilation[1], strides, out_hw)]
+            out += part[..., None] * kernel[u, v]
+    return out
+
+
+def depthwise_conv2d_backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    strides: int | Pair = 1,
+    padding: ops.Padding = "valid",
+    dilation: int | Pair = 1,
+    use_bias: bool = True,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.depthwise_conv2d` (before its activation).
+
+    Args:
+        x: (N, H, W, C). kernel: (F_h, F_w, C, m). grad: (N, OH, OW, C*m).
+
+    Returns:
+        (dx or None, dkernel (F_h, F_w, C, m), dbias (C*m,) or None). Each kernel offset
+        contributes one product over the whole batch to the kernel gradient and one
+        strided slice to the input gradient.
+    """
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 4, "depthwise_conv2d_backward")
+    kernel = _array(kernel, dtype, None, "depthwise_conv2d_backward")
+    n, h, w, c = x.shape
+    if kernel.ndim != 4 or kernel.shape[2] != c:
+        raise ShapeError(
+            f"depthwise_conv2d_backward: the kernel must be (F_h, F_w, {c}, multiplier). "
+            f"Received: kernel shape {kernel.shape}"
+        )
+    fh, fw, _, m = kernel.shape
+    xp, pads, strides_, dilation_, oh, ow = _conv_setup(x, (fh, fw), strides, padding, dilation,
+                                                         "depthwise_conv2d_backward")
+    g = _array(grad, dtype, 4, "depthwise_conv2d_backward")
+    _check_grad(g, (n, oh, ow, c * m), "depthwise_conv2d_backward")
+    g5 = g.reshape(n, oh, ow, c, m)
+    dkernel = np.empty_like(kernel)
+    dxp = np.zeros(xp.shape, dtype) if input_gradient else None
+    for u in range(fh):
+        for v in range(fw):
+            where = _offset_slice(u * dilation_[0], v * dilation_[1], strides_, (oh, ow))
+            dkernel[u, v] = np.einsum("nrwc,nrwcm->cm", xp[where], g5)
+            if dxp is not None:
+                dxp[where] += np.einsum("nrwcm,cm->nrwc", g5, kernel[u, v])
+    dx = _crop(dxp, pads, (h, w)) if dxp is not None else None
+    return dx, dkernel, (g.sum(axis=(0, 1, 2)) if use_bias else None)
+
+
+def separable_conv2d_backward(
+    x: np.ndarray,
+    depthwise_kernel: np.ndarray,
+    pointwise_kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    strides: int | Pair = 1,
+    padding: ops.Padding = "valid",
+    dilation: int | Pair = 1,
+    use_bias: bool = True,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.separable_conv2d` (before its activation): the
+    1x1 convolution's backward, then the depthwise one's.
+
+    Returns:
+        (dx or None, d depthwise kernel, d pointwise kernel, dbias or None).
+    """
+    dtype = _dtype(x, depthwise_kernel, pointwise_kernel, grad)
+    x = _array(x, dtype, 4, "separable_conv2d_backward")
+    dk = _array(depthwise_kernel, dtype, 4, "separable_conv2d_backward")
+    fh, fw = dk.shape[:2]
+    xp, _, strides_, dilation_, oh, ow = _conv_setup(x, (fh, fw), strides, padding, dilation,
+                                                      "separable_conv2d_backward")
+    if dk.shape[2] != x.shape[3]:
+        raise ShapeError(
+            f"separable_conv2d_backward: the depthwise kernel must be (F_h, F_w, {x.shape[3]}, multiplier). "
+            f"Received: shape {dk.shape}"
+        )
+    middle = _depthwise_forward(xp, dk, strides_, dilation_, (oh, ow)).reshape(x.shape[0], oh, ow, -1)
+    d_middle, d_pointwise, dbias = conv2d_backward(middle, pointwise_kernel, grad, use_bias=use_bias)
+    assert d_middle is not None  # input_gradient is on
+    dx, d_depthwise, _ = depthwise_conv2d_backward(
+        x, dk, d_middle, strides=strides_, padding=padding, dilation=dilation_, use_bias=False,
+        input_gradient=input_gradient,
+    )
+    return dx, d_depthwise, d_pointwise, dbias
+
+
+def _correlate(xp: np.ndarray, kernel: np.ndarray, strides: Pair, dilation: Pair, out_hw: Pair) -> np.ndarray:
+    """Valid correlation of a padded batch in its own precision (chunked im2col + GEMM)."""
+    n = xp.shape[0]
+    fh, fw, c, k = kernel.shape
+    oh, ow = out_hw
+    cols_per_row = fh * fw * c
+    weights = kernel.reshape(cols_per_row, k)
+    out = np.empty((n, oh, ow, k), xp.dtype)
+    view = _window_view(xp, (fh, fw), strides, dilation, out_hw)
+    budget = _budget(None, cols_per_row, xp.dtype.itemsize)
+    samples, rows = _chunk_plan(n, oh, ow * cols_per_row * xp.dtype.itemsize, budget)
+    for n0 in range(0, n, samples):
+        n1 = min(n, n0 + samples)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            cols = np.ascontiguousarray(view[n0:n1, r0:r1]).reshape(-1, cols_per_row)
+            out[n0:n1, r0:r1] = (cols @ weights).reshape(n1 - n0, r1 - r0, ow, k)
+    return out
+
+
+def conv2d_transpose_backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    strides: int | Pair = 1,
+    padding: PoolPadding = "valid",
+    output_padding: int | Pair | None = None,
+    dilation: int | Pair = 1,
+    use_bias: bool = True,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.conv2d_transpose` (before its activation).
+
+    The transposed convolution scatters every input pixel over a kernel-sized patch of a
+    full canvas and keeps Keras' window of it; its backward puts the output gradient back
+    on that canvas (zeros outside the window) and gathers: the input gradient is the plain
+    strided, dilated correlation of the canvas with the same kernel, and the kernel
+    gradient is that correlation's weight gradient against the input.
+
+    Args:
+        x: (N, H, W, C). kernel: (F_h, F_w, K, C), Keras' layout. grad: (N, OH, OW, K).
+
+    Returns:
+        (dx or None, dkernel (F_h, F_w, K, C), dbias (K,) or None).
+    """
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 4, "conv2d_transpose_backward")
+    kernel = _array(kernel, dtype, None, "conv2d_transpose_backward")
+    n, h, w, c = x.shape
+    if kernel.ndim != 4 or kernel.shape[3] != c:
+        raise ShapeError(
+            f"conv2d_transpose_backward: the kernel must be (F_h, F_w, K, {c}). Received: kernel shape {kernel.shape}"
+        )
+    fh, fw, k, _ = kernel.shape
+    sh, sw = _pair(strides, (1, 1), "strides")
+    dh, dw = _pair(dilation, (1, 1), "dilation")
+    oph, opw = (None, None) if output_padding is None else _pair_any(output_padding)
+    # Keras' output size and crop, exactly as the forward computes them
+    oh = ops._conv_transpose_output_length(h, fh, sh, padding, oph, dh)
+    ow = ops._conv_transpose_output_length(w, fw, sw, padding, opw, dw)
+    top = ops._conv_transpose_crop(fh, sh, padding, oph, dh)
+    left = ops._conv_transpose_crop(fw, sw, padding, opw, dw)
+    g = _array(grad, dtype, 4, "conv2d_transpose_backward")
+    _check_grad(g, (n, oh, ow, k), "conv2d_transpose_backward")
+    full_h = (h - 1) * sh + geometry.effective_kernel(fh, dh)
+    full_w = (w - 1) * sw + geometry.effective_kernel(fw, dw)
+    canvas = np.zeros((n, max(full_h, top + oh), max(full_w, left + ow), k), dtype)
+    canvas[:, top : top + oh, left : left + ow] = g
+    canvas = canvas[:, :full_h, :full_w]
+    dx = _correlate(canvas, kernel, (sh, sw), (dh, dw), (h, w)) if input_gradient else None
+    _, dkernel, _ = conv2d_backward(canvas, kernel, x, strides=(sh, sw), dilation=(dh, dw), use_bias=False,
+                                    input_gradient=False)
+    return dx, dkernel, (g.sum(axis=(0, 1, 2)) if use_bias else None)
+
+
+def _pair_any(value: int | Sequence[int]) -> Pair:
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    return int(value[0]), int(value[1])
+
+
+# --------------------------------------------------------------------------------------
+# Resizing, rearranging, scaling and normalisation
+# --------------------------------------------------------------------------------------
+
+
+def _bilinear_weights(n: int, factor: int) -> np.ndarray:
+    """(n * factor, n) weights of half-pixel-centred bilinear upsampling along one axis,
+    edges clamped (TensorFlow's and PyTorch's align_corners=False), in float64."""
+    source = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0, n - 1)
+    low = np.floor(source).astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    frac = source - low
+    matrix = np.zeros((n * factor, n))
+    rows = np.arange(n * factor)
+    np.add.at(matrix, (rows, low), 1 - frac)
+    np.add.at(matrix, (rows, high), frac)
+    return matrix
+
+
+def upsampling2d_backward(
+    x_shape: tuple[int, ...], grad: np.ndarray, size: int | Pair = (2, 2), interpolation: str = "nearest"
+) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.upsampling2d`: nearest sums each ``size`` block back
+    onto its pixel; bilinear applies the transposed interpolation matrices."""
+    n, h, w, c = (int(v) for v in x_shape)
+    fh, fw = _pair(size, (2, 2), "size")
+    dtype = _dtype(grad)
+    g = _array(grad, dtype, 4, "upsampling2d_backward")
+    _check_grad(g, (n, h * fh, w * fw, c), "upsampling2d_backward")
+    if interpolation == "nearest":
+        return g.reshape(n, h, fh, w, fw, c).sum(axis=(2, 4))
+    if interpolation != "bilinear":
+        raise ModelError(
+            "Unknown value for `interpolation`. Allowed values are: nearest, bilinear. "
+            f"Received: interpolation={interpolation}"
+        )
+    rows = _bilinear_weights(h, fh).astype(dtype)
+    cols = _bilinear_weights(w, fw).astype(dtype)
+    wide = np.matmul(rows.T, g.reshape(n, h * fh, w * fw * c))  # (n, H, W*fw*C)
+    return np.matmul(cols.T, wide.reshape(n * h, w * fw, c)).reshape(n, h, w, c)
+
+
+def cropping2d_backward(grad: np.ndarray, cropping: tuple[int, int, int, int]) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.cropping2d`: zeros where the rows and columns were cut."""
+    g = _array(grad, _dtype(grad), 4, "cropping2d_backward")
+    top, bottom, left, right = (int(v) for v in cropping)
+    return np.pad(g, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def reshape_backward(x_shape: tuple[int, ...], grad: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.reshape` (and of flatten): back to the input's shape."""
+    return flatten_backward(x_shape, grad)
+
+
+def permute_backward(grad: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.permute`: the inverse permutation of the sample axes."""
+    g = np.asarray(grad, dtype=_dtype(grad))
+    order = (0, *(int(d) for d in dims))
+    if sorted(order) != list(range(g.ndim)):
+        raise ShapeError(f"permute_backward: dims {tuple(dims)} do not order the sample axes of a gradient {g.shape}")
+    return np.ascontiguousarray(g.transpose(np.argsort(order)))
+
+
+def rescaling_backward(grad: np.ndarray, scale: float | np.ndarray = 1.0) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.rescaling` with respect to its input (the scale and
+    offset are constants, as in Keras)."""
+    dtype = _dtype(grad)
+    g = np.asarray(grad, dtype=dtype)
+    return np.asarray(g * np.asarray(scale, dtype=dtype), dtype=dtype)
+
+
+def normalization_backward(grad: np.ndarray, variance: float | np.ndarray, *, invert: bool = False) -> np.ndarray:
+    """Gradient of :func:`convcli.ops.normalization` with respect to its input: divided
+    (or, inverted, multiplied) by max(sqrt(variance), 1e-7); mean and variance are constants."""
+    dtype = _dtype(grad)
+    g = np.asarray(grad, dtype=dtype)
+    std = np.maximum(np.sqrt(np.asarray(variance, dtype=dtype)), dtype.type(ops.NORMALIZATION_EPSILON))
+    return np.asarray(g * std if invert else g / std, dtype=dtype)
+
+
+def layer_norm_backward(
+    x: np.ndarray,
+    grad: np.ndarray,
+    gamma: np.ndarray | None = None,
+    *,
+    epsilon: float = 1e-3,
+    axis: int | tuple[int, ...] = -1,
+    use_beta: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.layer_norm`: (dx, dgamma or None, dbeta or None).
+
+    As batch normalisation's, over the normalised ``axes`` of each sample instead of the
+    batch: ``dx = (g * gamma - mean(g * gamma) - x_hat * mean(g * gamma * x_hat)) / std``.
+    """
+    dtype = _dtype(x, grad, gamma)
+    x = np.asarray(x, dtype=dtype)
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, x.shape, "layer_norm_backward")
+    axes_ = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not axes_ or any(not -x.ndim < a < x.ndim or a % x.ndim == 0 for a in axes_):
+        raise ShapeError(
+            f"layer_norm_backward: `axis` must name sample axes of an input of shape {x.shape}. Received: axis={axis}"
+        )
+    axes = tuple(sorted({int(a) % x.ndim for a in axes_}))
+    shape = [1] * x.ndim
+    for a in axes:
+        shape[a] = x.shape[a]
+    normalised = tuple(x.shape[a] for a in axes)
+    others = tuple(a for a in range(x.ndim) if a not in axes)
+    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64).astype(dtype)
+    centred = x - mean
+    inverse_std = (1.0 / np.sqrt(np.square(centred, dtype=np.float64).mean(axis=axes, keepdims=True) + epsilon))
+    xhat = centred * inverse_std.astype(dtype)
+    dgamma = dbeta = None
+    dxhat = g
+    if gamma is not None:
+        gamma_ = np.asarray(gamma, dtype=dtype)
+        if gamma_.size != math.prod(normalised):
+            raise ShapeError(f"layer_norm_backward: `gamma` must have shape {normalised}. Received: shape {gamma_.shape}")
+        dgamma = (g * xhat).sum(axis=others).reshape(gamma_.shape)
+        dxhat = g * gamma_.reshape(shape)
+    if use_beta:
+        dbeta = g.sum(axis=others).reshape(normalised)
+    dx = inverse_std.astype(dtype) * (
+        dxhat - dxhat.mean(axis=axes, keepdims=True) - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)
+    )
+    return dx, dgamma, dbeta
+
+
+def merge_backward(kind: str, xs: Sequence[np.ndarray], grad: np.ndarray, *, axis: int = -1) -> list[np.ndarray]:
+    """Gradients of :func:`convcli.ops.merge` for each input, in the inputs' own shapes
+    (what Keras' broadcasting stretched is summed back).
+
+    add: ``g``; subtract: ``g`` and ``-g``; average: ``g / n``; multiply: ``g`` times the
+    other inputs; maximum/minimum: Keras folds ``ops.maximum`` over the inputs in order and
+    torch splits a tie evenly between its two sides, so the gradient follows that chain;
+    concatenate: the pieces of ``g``.
+    """
+    if kind == "concatenate":
+        sizes = [np.shape(x)[axis] for x in xs]
+        return concatenate_backward(grad, sizes, axis=axis)
+    if kind not in ops.MERGES:
+        raise ModelError(f"Unknown value for `kind`. Allowed values are: {', '.join(ops.MERGES)}. Received: kind={kind}")
+    dtype = _dtype(grad, *xs)
+    arrays = [np.asarray(x, dtype=dtype) for x in xs]
+    g = np.asarray(grad, dtype=dtype)
+    ndim = max(a.ndim for a in arrays)
+    expanded = [a.reshape(a.shape[:1] + (1,) * (ndim - a.ndim) + a.shape[1:]) for a in arrays]
+    count = len(arrays)
+    if kind == "add":
+        full = [g] * count
+    elif kind == "subtract":
+        full = [g, -g]
+    elif kind == "average":
+        full = [g / dtype.type(count)] * count
+    elif kind == "multiply":
+        full = []
+        for i in range(count):
+            product = g
+            for j, other in enumerate(expanded):
+                if j != i:
+                    product = product * other
+            full.append(product)
+    else:  # maximum, minimum
+        wins = np.greater if kind == "maximum" else np.less
+        chain = [np.broadcast_to(expanded[0], g.shape)]
+        for other in expanded[1:]:
+            chain.append((np.maximum if kind == "maximum" else np.minimum)(chain[-1], other))
+        full = [g] * count
+        flowing = g
+        half = dtype.type(0.5)
+        for i in range(count - 1, 0, -1):
+            share = wins(expanded[i], chain[i - 1]) + half * (expanded[i] == chain[i - 1])
+            full[i] = flowing * share
+            flowing = flowing * (dtype.type(1) - share)
+        full[0] = flowing
+    result = []
+    for piece, e, original in zip(full, expanded, arrays):
+        piece = np.broadcast_to(piece, g.shape)
+        stretched = tuple(a for a in range(g.ndim) if e.shape[a] == 1 and g.shape[a] != 1)
+        summed = piece.sum(axis=stretched, keepdims=True) if stretched else piece
+        result.append(np.ascontiguousarray(summed, dtype=dtype).reshape(original.shape))
+    return result
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from convcli import grad, losses, ops, optim
 from convcli.errors import InputError, ModelError, ShapeError
+from tests import oracles
 
 H = 1e-6
 GRAD_RTOL = 1e-6  # worst |analytic - numeric| over max |numeric|, central differences in float64
@@ -776,3 +777,205 @@ def test_lecture_model_one_sgd_and_one_adam_step_match_torch() -> None:
             moved = float(np.abs(expected - weights[key]).max())
             assert moved > 1e-4, (name, key)
             assert float(np.abs(value - expected).max()) <= 1e-4 * float(np.abs(expected).max()), (name, key)
+
+
+# --------------------------------------------------------------------------- layers added with the graph
+
+
+DEPTHWISE_CASES = [
+    # n, h, w, c, fh, fw, m, strides, padding, dilation
+    (2, 6, 5, 2, 3, 3, 1, (1, 1), "same", (1, 1)),
+    (1, 7, 6, 3, 3, 2, 2, (2, 1), "valid", (1, 1)),
+    (1, 8, 7, 2, 3, 3, 2, (1, 2), "same", (2, 1)),
+    (1, 5, 5, 2, 2, 2, 1, (2, 2), (1, 0, 1, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_and_separable_backward_match_finite_differences(case) -> None:
+    n, h, w, c, fh, fw, m, strides, padding, dilation = case
+    rng = np.random.default_rng(16)
+    x, kernel, bias = rand(rng, n, h, w, c), rand(rng, fh, fw, c, m), rand(rng, c * m)
+    pads = oracles.resolved_pads(h, w, fh, fw, strides, padding, dilation)
+    out = oracles.depthwise_naive(x, kernel, bias, strides, pads, dilation)
+    options = {"strides": strides, "padding": padding, "dilation": dilation}
+    np.testing.assert_allclose(ops.depthwise_conv2d(x, kernel, bias, **options), out, rtol=1e-4, atol=1e-4)
+    r = rand(rng, *out.shape)
+
+    def loss() -> float:
+        return float(np.sum(oracles.depthwise_naive(x, kernel, bias, strides, pads, dilation) * r))
+
+    dx, dk, db = grad.depthwise_conv2d_backward(x, kernel, r, **options)
+    assert_gradient(dx, numeric_gradient(loss, x))
+    assert_gradient(dk, numeric_gradient(loss, kernel))
+    assert_gradient(db, numeric_gradient(loss, bias))
+
+    # separable: the depthwise step (no bias), then a 1x1 convolution with the bias
+    pointwise, pbias = rand(rng, 1, 1, c * m, 3), rand(rng, 3)
+
+    def separable() -> np.ndarray:
+        middle = oracles.depthwise_naive(x, kernel, None, strides, pads, dilation)
+        return np.tensordot(middle, pointwise[0, 0], axes=1) + pbias
+
+    np.testing.assert_allclose(ops.separable_conv2d(x, kernel, pointwise, pbias, **options), separable(),
+                               rtol=1e-4, atol=1e-4)
+    r2 = rand(rng, *separable().shape)
+
+    def loss2() -> float:
+        return float(np.sum(separable() * r2))
+
+    sx, sdk, spk, sb = grad.separable_conv2d_backward(x, kernel, pointwise, r2, **options)
+    assert_gradient(sx, numeric_gradient(loss2, x))
+    assert_gradient(sdk, numeric_gradient(loss2, kernel))
+    assert_gradient(spk, numeric_gradient(loss2, pointwise))
+    assert_gradient(sb, numeric_gradient(loss2, pbias))
+
+
+TRANSPOSE_CASES = [
+    # n, h, w, c, fh, fw, k, strides, padding, output_padding, dilation
+    (2, 3, 4, 2, 3, 3, 2, (2, 2), "valid", None, (1, 1)),
+    (1, 4, 3, 2, 3, 2, 3, (2, 3), "same", None, (1, 1)),
+    (1, 3, 3, 3, 3, 3, 2, (2, 2), "same", (1, 0), (1, 1)),
+    (1, 3, 4, 2, 2, 3, 2, (1, 1), "valid", None, (2, 2)),
+    (1, 4, 4, 1, 4, 4, 2, (3, 3), "valid", (2, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES)
+def test_conv2d_transpose_backward_matches_finite_differences(case) -> None:
+    n, h, w, c, fh, fw, k, strides, padding, output_padding, dilation = case
+    rng = np.random.default_rng(17)
+    x, kernel, bias = rand(rng, n, h, w, c), rand(rng, fh, fw, k, c), rand(rng, k)
+
+    def forward() -> np.ndarray:
+        return oracles.conv2d_transpose_naive(x, kernel, bias, strides, padding, output_padding, dilation)
+
+    options = {"strides": strides, "padding": padding, "output_padding": output_padding, "dilation": dilation}
+    out = forward()
+    np.testing.assert_allclose(ops.conv2d_transpose(x, kernel, bias, **options), out, rtol=1e-4, atol=1e-4)
+    r = rand(rng, *out.shape)
+
+    def loss() -> float:
+        return float(np.sum(forward() * r))
+
+    dx, dk, db = grad.conv2d_transpose_backward(x, kernel, r, **options)
+    assert_gradient(dx, numeric_gradient(loss, x))
+    assert_gradient(dk, numeric_gradient(loss, kernel))
+    assert_gradient(db, numeric_gradient(loss, bias))
+    narrow = grad.conv2d_transpose_backward(x.astype(np.float32), kernel.astype(np.float32), r.astype(np.float32),
+                                            **options)
+    assert narrow[0] is not None and narrow[0].dtype == np.float32
+    np.testing.assert_allclose(narrow[0], dx, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("interpolation, size", [("nearest", (2, 3)), ("bilinear", (2, 2)), ("bilinear", (3, 1))])
+def test_upsampling2d_backward_matches_finite_differences(interpolation, size) -> None:
+    rng = np.random.default_rng(18)
+    x = rand(rng, 2, 3, 4, 2)
+    naive = oracles.upsample_nearest_naive if interpolation == "nearest" else oracles.upsample_bilinear_naive
+    out = naive(x, size)
+    np.testing.assert_allclose(ops.upsampling2d(x, size, interpolation), out, rtol=1e-5, atol=1e-5)
+    r = rand(rng, *out.shape)
+    dx = grad.upsampling2d_backward(x.shape, r, size, interpolation)
+    assert_gradient(dx, numeric_gradient(lambda: float(np.sum(naive(x, size) * r)), x))
+
+
+def test_cropping_reshape_permute_rescaling_normalization_backward() -> None:
+    rng = np.random.default_rng(19)
+    x = rand(rng, 2, 5, 6, 3)
+    crop = (1, 2, 0, 3)
+    r = rand(rng, 2, 2, 3, 3)
+    assert_gradient(grad.cropping2d_backward(r, crop),
+                    numeric_gradient(lambda: float(np.sum(x[:, 1:3, 0:3] * r)), x))
+    np.testing.assert_array_equal(ops.cropping2d(x, crop), x[:, 1:3, 0:3].astype(np.float32))
+    r = rand(rng, 2, 15, 6)
+    assert_gradient(grad.reshape_backward(x.shape, r), numeric_gradient(lambda: float(np.sum(x.reshape(2, 15, 6) * r)), x))
+    r = rand(rng, 2, 3, 5, 6)
+    np.testing.assert_array_equal(ops.permute(x, (3, 1, 2)), np.moveaxis(x, 3, 1).astype(np.float32))
+    assert_gradient(grad.permute_backward(r, (3, 1, 2)),
+                    numeric_gradient(lambda: float(np.sum(np.moveaxis(x, 3, 1) * r)), x))
+    r = rand(rng, *x.shape)
+    scale = np.array([0.5, -2.0, 3.0])
+    assert_gradient(grad.rescaling_backward(r, scale), numeric_gradient(lambda: float(np.sum((x * scale + 1) * r)), x))
+    variance = np.array([4.0, 0.25, 0.0])  # 0: Keras divides by its floor 1e-7
+    std = np.maximum(np.sqrt(variance), 1e-7)
+    for invert in (False, True):
+        def normalized() -> np.ndarray:
+            return x * std + 1 if invert else (x - 1) / std  # noqa: B023 - evaluated within the loop
+
+        np.testing.assert_allclose(ops.normalization(x, 1.0, variance, invert=invert), normalized(), rtol=1e-5, atol=1e-6)
+        assert_gradient(grad.normalization_backward(r, variance, invert=invert),
+                        numeric_gradient(lambda: float(np.sum(normalized() * r)), x))
+    with pytest.raises(ShapeError, match="do not order the sample axes"):
+        grad.permute_backward(r, (1, 2))
+
+
+@pytest.mark.parametrize("axis, with_gamma, with_beta", [(-1, True, True), ((1, 2, 3), True, False), ((2,), False, True)])
+def test_layer_norm_backward_matches_finite_differences(axis, with_gamma, with_beta) -> None:
+    rng = np.random.default_rng(20)
+    x = rand(rng, 2, 3, 4, 3) * 2 + 0.5
+    axes = (axis,) if isinstance(axis, int) else axis
+    normalised = tuple(x.shape[a] for a in axes)
+    gamma = rand(rng, *normalised) if with_gamma else None
+    beta = rand(rng, *normalised) if with_beta else None
+
+    def forward() -> np.ndarray:
+        return oracles.layer_norm_naive(x, gamma, beta, 1e-3, axes)
+
+    np.testing.assert_allclose(ops.layer_norm(x, gamma, beta, axis=axis), forward(), rtol=1e-4, atol=1e-4)
+    r = rand(rng, *x.shape)
+
+    def loss() -> float:
+        return float(np.sum(forward() * r))
+
+    dx, dgamma, dbeta = grad.layer_norm_backward(x, r, gamma, axis=axis, use_beta=with_beta)
+    assert_gradient(dx, numeric_gradient(loss, x))
+    if gamma is not None:
+        assert_gradient(dgamma, numeric_gradient(loss, gamma))
+    else:
+        assert dgamma is None
+    if beta is not None:
+        assert_gradient(dbeta, numeric_gradient(loss, beta))
+    else:
+        assert dbeta is None
+
+
+MERGE_REF = {
+    "add": lambda xs: sum(xs[1:], xs[0]),
+    "subtract": lambda xs: xs[0] - xs[1],
+    "multiply": lambda xs: np.prod(np.broadcast_arrays(*xs), axis=0),
+    "average": lambda xs: sum(xs[1:], xs[0]) / len(xs),
+    "maximum": lambda xs: np.max(np.broadcast_arrays(*xs), axis=0),
+    "minimum": lambda xs: np.min(np.broadcast_arrays(*xs), axis=0),
+}
+
+
+@pytest.mark.parametrize("kind", list(MERGE_REF))
+def test_merge_backward_matches_finite_differences(kind) -> None:
+    rng = np.random.default_rng(22)
+    # a full input, one broadcast over the positions (Keras: fewer axes go after the batch), one over rows
+    shapes = [(2, 3, 4, 2), (2, 2), (2, 3, 1, 2)] if kind != "subtract" else [(2, 3, 4, 2), (2, 3, 1, 2)]
+    xs = [rand(rng, *s) for s in shapes]
+
+    def forward() -> np.ndarray:
+        expanded = [a.reshape(a.shape[:1] + (1,) * (4 - a.ndim) + a.shape[1:]) for a in xs]
+        return MERGE_REF[kind](expanded)
+
+    np.testing.assert_allclose(ops.merge(kind, xs), forward(), rtol=1e-5, atol=1e-5)
+    r = rand(rng, *forward().shape)
+    for analytic, arr in zip(grad.merge_backward(kind, xs, r), xs):
+        assert analytic.shape == arr.shape
+        assert_gradient(analytic, numeric_gradient(lambda: float(np.sum(forward() * r)), arr))
+
+
+def test_merge_backward_ties_and_concatenate() -> None:
+    # torch.maximum splits a tie evenly; Keras folds maximum over the inputs in order
+    a, b, c = np.array([[1.0, 2.0]]), np.array([[1.0, 3.0]]), np.array([[1.0, 0.0]])
+    da, db, dc = grad.merge_backward("maximum", [a, b, c], np.array([[8.0, 8.0]]))
+    np.testing.assert_array_equal(da, [[2.0, 0.0]])  # max(max(a, b), c): (4 then 2 from the tie with c)
+    np.testing.assert_array_equal(db, [[2.0, 8.0]])
+    np.testing.assert_array_equal(dc, [[4.0, 0.0]])
+    parts = grad.merge_backward("concatenate", [np.ones((1, 2, 2)), np.ones((1, 2, 3))], np.arange(10.0).reshape(1, 2, 5))
+    np.testing.assert_array_equal(parts[1][0, 0], [2, 3, 4])
+    with pytest.raises(ModelError, match="Allowed values are: add"):
+        grad.merge_backward("dot", [a, b], a)
