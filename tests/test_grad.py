@@ -339,6 +339,9 @@ def test_locally_connected2d_backward_matches_finite_differences(n, h, w, c, siz
 
     dx, dk, db = grad.locally_connected2d_backward(x, kernel, r, kernel_size=size, strides=strides,
                                                    chunk_bytes=chunk_bytes)
+    skipped = grad.locally_connected2d_backward(x, kernel, r, kernel_size=size, strides=strides, input_gradient=False)
+    assert skipped[0] is None
+    np.testing.assert_allclose(skipped[1], dk, rtol=1e-12)
     assert_gradient(dx, numeric_gradient(loss, x))
     assert_gradient(dk, numeric_gradient(loss, kernel))
     assert_gradient(db, numeric_gradient(loss, bias))
