@@ -1,15 +1,20 @@
-"""Filtering speed on a 3840x2160 RGB photograph: convcli beside scipy.ndimage, OpenCV, ImageMagick.
+"""Filtering speed on a 3840x2160 RGB photograph: convcli beside scipy.ndimage, OpenCV, libvips.
 
 Run from the repository root:  python benchmarks/filter.py [--repeat N] [--kernels box3,sobel]
 
-Part 1, compute only (float32 array in memory, border mode reflect):
+Part 1, compute only (float32 array in memory, border mode reflect), best of N:
   convcli's engine (convcli.filtering), plain per-channel scipy.ndimage.correlate into
   float32, and OpenCV cv2.filter2D on the float32 RGB array with BORDER_REFLECT (the same
   border as ndimage's "reflect"). Sobel is the gradient magnitude sqrt(gx² + gy²) in all three.
-Part 2, whole process (read PNG, filter, write PNG), best of N:
-  `python -m convcli filter big.png --kernel K -o out.png`, ImageMagick's
-  `convert big.png -morphology Convolve ... out.png`, and a minimal OpenCV script
-  (imread, filter2D, imwrite). Missing tools are skipped with a note.
+Part 2, whole process, paired runs (each repeat runs every tool once, in rotating order):
+  PNG to PNG: `python -m convcli filter big.png --kernel K -o out.png`, a minimal OpenCV
+  script (cv2.imread, cv2.filter2D with BORDER_REFLECT, cv2.imwrite at PNG level 1) and
+  libvips (`vips conv big.png out.png[compression=1] K.mat`, not for sobel);
+  .npy to .npy (the photo as float32): convcli and the OpenCV script (np.load, filter2D,
+  np.save). Median time, spread, the median of the per-run ratios, peak memory (each
+  process's own maximum resident set) and the output's size.
+  OpenCV may live in another Python: set OPENCV_PYTHON=/path/to/python. Missing tools are
+  skipped with a note.
 
 The kernel weights are built here with numpy (binomial and Gaussian formulas) so the
 benchmark does not depend on the kernel library; 15x15 and 31x31 kernels are passed to
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,141 +179,144 @@ def compute_table(
 # ----------------------------------------------------------------------------- processes
 
 
-def imagemagick() -> list[str] | None:
-    """The ImageMagick command (magick or convert), or None when only a stand-in exists."""
-    for candidate in (["magick"], ["convert"]):
-        exe = shutil.which(candidate[0])
-        if exe is None:
-            continue
-        probe = subprocess.run(
-            [exe, "-version"], capture_output=True, text=True, check=False
-        )
-        if probe.returncode == 0 and "Version: ImageMagick" in probe.stdout:
-            return [exe]
-    return None
-
-
-def im_kernel(w: np.ndarray) -> str:
-    rows, cols = w.shape
-    values = " ".join(",".join(repr(float(v)) for v in row) for row in w)
-    return f"{cols}x{rows}: {values}"
-
-
-def imagemagick_command(
-    exe: list[str], src: Path, dst: Path, weights: object
-) -> list[str]:
-    if isinstance(weights, tuple):
-        # sqrt(gx² + gy²): -evaluate works on values scaled to [0, 1], so pow 2, plus,
-        # pow 0.5 gives the magnitude in the image's own range.
-        gx, gy = (im_kernel(w) for w in weights)
-        return [
-            *exe, str(src),
-            "(", "-clone", "0", "-morphology", "Convolve", gx, "-evaluate", "pow", "2", ")",
-            "(", "-clone", "0", "-morphology", "Convolve", gy, "-evaluate", "pow", "2", ")",
-            "-delete", "0", "-compose", "plus", "-composite", "-evaluate", "pow", "0.5",
-            str(dst),
-        ]  # fmt: skip
-    return [*exe, str(src), "-morphology", "Convolve", im_kernel(weights), str(dst)]  # type: ignore[arg-type]
-
-
 OPENCV_SCRIPT = """
 import sys, cv2, numpy as np
-src, dst, kx = sys.argv[1:4]
-img = cv2.imread(src)
-if len(sys.argv) > 4:
-    ky = sys.argv[4]
-    gx = cv2.filter2D(img, cv2.CV_32F, np.load(kx), borderType=cv2.BORDER_REFLECT)
-    gy = cv2.filter2D(img, cv2.CV_32F, np.load(ky), borderType=cv2.BORDER_REFLECT)
-    out = np.clip(np.rint(cv2.magnitude(gx, gy)), 0, 255).astype(np.uint8)
+src, dst, *kernels = sys.argv[1:]
+npy = src.endswith(".npy")
+img = np.load(src) if npy else cv2.imread(src)
+if len(kernels) == 2:
+    gx = cv2.filter2D(img, cv2.CV_32F, np.load(kernels[0]), borderType=cv2.BORDER_REFLECT)
+    gy = cv2.filter2D(img, cv2.CV_32F, np.load(kernels[1]), borderType=cv2.BORDER_REFLECT)
+    out = cv2.magnitude(gx, gy)
+    if not npy:
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
 else:
-    out = cv2.filter2D(img, -1, np.load(kx), borderType=cv2.BORDER_REFLECT)
-cv2.imwrite(dst, out)
+    out = cv2.filter2D(img, -1, np.load(kernels[0]), borderType=cv2.BORDER_REFLECT)
+if npy:
+    np.save(dst, out)
+else:
+    cv2.imwrite(dst, out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
 """
 
 
+def vips_matrix(w: np.ndarray) -> str:
+    """libvips' text matrix: "width height scale offset", then the rows."""
+    rows, cols = w.shape
+    lines = [f"{cols} {rows} 1 0"] + [" ".join(repr(float(v)) for v in row) for row in w]
+    return "\n".join(lines) + "\n"
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one process, from its own rusage."""
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    stderr = child.stderr.read().decode() if child.stderr else ""
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {stderr.strip()}")
+    return wall, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+
+Tool = tuple[str, Callable[[Path, Path], list[str]]]
+
+
 def process_table(
-    folder: Path, src: Path, names: list[str], repeat: int
-) -> tuple[list[tuple[str, float | None, float | None, float | None]], list[str]]:
+    folder: Path, sources: dict[str, Path], names: list[str], repeat: int
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Whole process, paired: each repeat runs every tool once, in a rotating order.
+
+    Per tool: median wall time, its spread (min-max), peak memory and output size; the
+    ratio convcli / tool is taken within each repeat, then its median is reported, so a
+    load change on the shared machine hits both sides of a ratio alike.
+    """
     notes: list[str] = []
     env = dict(
         os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
-    has_filter = (
-        ROOT / "convcli" / "cli" / "cmd_filter.py"
-    ).exists() and subprocess.run(
-        [sys.executable, "-m", "convcli", "filter", "--help"],
-        capture_output=True,
-        env=env,
-        check=False,
-    ).returncode == 0
-    if not has_filter:
+    opencv_python = os.environ.get("OPENCV_PYTHON", sys.executable)
+    has_cv = (
+        subprocess.run(
+            [opencv_python, "-c", "import cv2"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    if not has_cv:
         notes.append(
-            "`convcli filter` is not available in this checkout: its column is skipped"
+            "OpenCV is not importable (pip install opencv-python-headless, or point "
+            "OPENCV_PYTHON at a Python that has it): its column is skipped"
         )
-    im = imagemagick()
-    if im is None:
+    vips = shutil.which("vips")
+    if vips is None:
         notes.append(
-            "ImageMagick is not installed (apt-get install imagemagick): its column is skipped"
+            "libvips is not installed (apt-get install libvips-tools): its column is skipped"
         )
-    try:
-        import cv2  # type: ignore[import-not-found]  # noqa: F401
-
-        has_cv = True
-    except ImportError:
-        has_cv = False
-        notes.append("OpenCV is not installed: its column is skipped")
     script = folder / "opencv_filter.py"
     script.write_text(OPENCV_SCRIPT)
 
-    def run(cmd: list[str]) -> Callable[[], None]:
-        def go() -> None:
-            subprocess.run(
-                cmd,
-                check=True,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-
-        return go
-
-    rows = []
-    for name in names:
-        spec, weights = kernels()[name]
-        if spec.endswith(".npy"):
-            np.save(folder / spec, weights)
-            spec = str(folder / spec)
-        if isinstance(weights, tuple):
-            kfiles = [folder / f"{name}_x.npy", folder / f"{name}_y.npy"]
-            for path, w in zip(kfiles, weights, strict=True):
-                np.save(path, w.astype(np.float32))
-        else:
-            kfiles = [folder / f"{name}_cv.npy"]
-            np.save(kfiles[0], weights.astype(np.float32))
-        out = folder / "out.png"
-        t_convcli = t_im = t_cv = None
-        if has_filter:
-            cmd = [
-                sys.executable,
-                "-m",
-                "convcli",
-                "filter",
-                str(src),
-                "--kernel",
-                spec,
-                "-o",
-                str(out),
-            ]
-            t_convcli = best_time(run(cmd), repeat, slow=20.0)
-        if im is not None:
-            t_im = best_time(
-                run(imagemagick_command(im, src, out, weights)), repeat, slow=20.0
-            )
-        if has_cv:
-            cmd = [sys.executable, str(script), str(src), str(out), *map(str, kfiles)]
-            t_cv = best_time(run(cmd), repeat, slow=20.0)
-        rows.append((name, t_convcli, t_im, t_cv))
-        print(f"  ran {name}", file=sys.stderr)
+    rows: list[dict[str, object]] = []
+    for kind, src in sources.items():
+        for name in names:
+            spec, weights = kernels()[name]
+            if spec.endswith(".npy"):
+                np.save(folder / spec, weights)
+                spec = str(folder / spec)
+            pair = isinstance(weights, tuple)
+            kfiles = [folder / f"{name}_{i}.npy" for i in range(2 if pair else 1)]
+            for path, w in zip(kfiles, weights if pair else (weights,), strict=True):
+                np.save(path, np.asarray(w, dtype=np.float32))
+            ext = ".npy" if kind == "npy" else ".png"
+            tools: list[Tool] = [
+                (
+                    "convcli",
+                    lambda s, o, spec=spec: [
+                        sys.executable, "-m", "convcli", "filter", str(s), "--kernel", spec, "-o", str(o),
+                    ],
+                )
+            ]  # fmt: skip
+            if has_cv:
+                tools.append(
+                    (
+                        "OpenCV",
+                        lambda s, o, k=kfiles: [opencv_python, str(script), str(s), str(o), *map(str, k)],
+                    )
+                )  # fmt: skip
+            if vips and kind == "png" and not pair:
+                matrix = folder / f"{name}.mat"
+                matrix.write_text(vips_matrix(np.asarray(weights)))
+                tools.append(
+                    ("libvips", lambda s, o, m=matrix: [vips, "conv", str(s), f"{o}[compression=1]", str(m)])
+                )  # fmt: skip
+            times: dict[str, list[float]] = {t: [] for t, _ in tools}
+            memory: dict[str, float] = {}
+            sizes: dict[str, int] = {}
+            for i in range(repeat):
+                order = tools[i % len(tools) :] + tools[: i % len(tools)]
+                for tool, command in order:
+                    out = folder / f"out-{tool}{ext}"
+                    wall, peak = run_measured(command(src, out), env)
+                    times[tool].append(wall)
+                    memory[tool] = max(memory.get(tool, 0.0), peak)
+                    sizes[tool] = out.stat().st_size
+            for tool, _ in tools:
+                ratios = [c / t for c, t in zip(times["convcli"], times[tool], strict=True)]
+                rows.append(
+                    {
+                        "input": kind,
+                        "kernel": name,
+                        "tool": tool,
+                        "median": statistics.median(times[tool]),
+                        "min": min(times[tool]),
+                        "max": max(times[tool]),
+                        "ratio": statistics.median(ratios),
+                        "memory": memory[tool],
+                        "size": sizes[tool],
+                    }
+                )
+            print(f"  ran {kind} {name}", file=sys.stderr)
     return rows, notes
 
 
@@ -325,13 +334,19 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per measurement (best is kept)"
+        "--repeat",
+        type=int,
+        default=5,
+        help="runs per measurement (compute: best kept; whole process: median)",
     )
     parser.add_argument(
         "--kernels", default=",".join(kernels()), help="comma-separated subset"
     )
     parser.add_argument(
         "--no-process", action="store_true", help="skip the whole-process part"
+    )
+    parser.add_argument(
+        "--no-compute", action="store_true", help="skip the compute-only part"
     )
     args = parser.parse_args()
     names = [n for n in args.kernels.split(",") if n]
@@ -349,35 +364,44 @@ def main() -> None:
             f"Photo: {WIDTH}x{HEIGHT} RGB (float32 for compute), {os.cpu_count()} CPUs\n"
         )
 
-        print(
-            "Compute only (array in memory; ratio = other / convcli, > 1 means convcli is faster)\n"
-        )
-        print(
-            "| kernel | convcli engine | scipy.ndimage per channel | ratio | OpenCV filter2D | ratio |"
-        )
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, t_engine, t_scipy, t_cv in compute_table(photo, names, args.repeat):
+        print(f"load average before the runs: {os.getloadavg()}\n")
+        if not args.no_compute:
             print(
-                f"| {name} | {fmt_time(t_engine)} | {fmt_time(t_scipy)} | {fmt_ratio(t_scipy, t_engine)} "
-                f"| {fmt_time(t_cv)} | {fmt_ratio(t_cv, t_engine)} |"
+                "Compute only (array in memory; ratio = other / convcli, > 1 means convcli is faster)\n"
             )
+            print(
+                "| kernel | convcli engine | scipy.ndimage per channel | ratio | OpenCV filter2D | ratio |"
+            )
+            print("|---|---:|---:|---:|---:|---:|")
+            for name, t_engine, t_scipy, t_cv in compute_table(photo, names, args.repeat):
+                print(
+                    f"| {name} | {fmt_time(t_engine)} | {fmt_time(t_scipy)} | {fmt_ratio(t_scipy, t_engine)} "
+                    f"| {fmt_time(t_cv)} | {fmt_ratio(t_cv, t_engine)} |"
+                )
         if args.no_process:
             return
-        rows, notes = process_table(folder, src, names, args.repeat)
-        print(
-            f"\nWhole process, read PNG + filter + write PNG (best of {args.repeat})\n"
+        npy = folder / "big.npy"
+        np.save(npy, photo)
+        rows, notes = process_table(
+            folder, {"png": src, "npy": npy}, names, args.repeat
         )
         print(
-            "| kernel | convcli filter | ImageMagick convert | ratio | OpenCV script | ratio |"
+            f"\nWhole process, paired runs ({args.repeat} each, rotating order); ratio = "
+            "median over runs of convcli's time / the tool's (below 1: convcli is faster)\n"
         )
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, t_convcli, t_im, t_cv in rows:
+        print(
+            "| input | kernel | tool | median | spread | convcli / tool | peak memory | output |"
+        )
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for row in rows:
             print(
-                f"| {name} | {fmt_time(t_convcli)} | {fmt_time(t_im)} | {fmt_ratio(t_im, t_convcli)} "
-                f"| {fmt_time(t_cv)} | {fmt_ratio(t_cv, t_convcli)} |"
+                f"| {row['input']} | {row['kernel']} | {row['tool']} | {row['median']:.3f} s "
+                f"| {row['min']:.2f}-{row['max']:.2f} s | {row['ratio']:.2f} "
+                f"| {row['memory']:.0f} MiB | {row['size'] / 1e6:.2f} MB |"
             )
         for note in notes:
             print(f"\nnote: {note}")
+        print(f"\nload average after the runs: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
