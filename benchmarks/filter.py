@@ -253,11 +253,10 @@ def process_table(
         os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
     # Byte-code compiled once, as an installed package has it (with PYTHONDONTWRITEBYTECODE
-    # set, every run would otherwise compile convcli's sources again).
-    env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    # set, every run would otherwise compile convcli's sources again); __pycache__ is
+    # ignored by git.
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", str(ROOT / "convcli")],
-        env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
