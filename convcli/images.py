@@ -266,7 +266,8 @@ class ImageRows:
     Attributes:
         height, width: the image's size.
         like: the image's mode, depth, alpha and metadata as :func:`read_image` gives
-            them, with ``data`` an empty (0, W, C) array.
+            them, with ``data`` an empty (0, W, C) array and ``alpha``, when the image
+            has one, an empty (0, W) array (:meth:`alpha` reads its rows).
     """
 
     height: int
@@ -275,6 +276,18 @@ class ImageRows:
     _read: Any  # (r0, r1) -> stored rows (n, W, C) in the file's dtype, alpha included
     _colours: int  # stored bands that are colour (the rest is alpha)
     _gray: bool
+    _decoder: _PngDecoder | None = None
+
+    def close(self) -> None:
+        """Stop a decoding still under way (after an error, or Ctrl-C)."""
+        if self._decoder is not None:
+            self._decoder.stop()
+
+    def alpha(self, r0: int, r1: int) -> np.ndarray | None:
+        """Rows r0..r1 of the alpha channel (n, W) as stored, or None."""
+        if self.like.alpha is None:
+            return None
+        return np.ascontiguousarray(self._read(r0, r1)[:, :, -1])
 
     def read(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 as float32 (n, W, C), as :func:`read_image` converts them."""
@@ -283,6 +296,136 @@ class ImageRows:
         if self._gray and data.shape[2] != 1:
             data = _luma(data, self.like.mode, self.like.source)
         return data
+
+
+#: PNG colour type -> Pillow mode, for the 8-bit, non-interlaced PNGs decoded in bands.
+_PNG_MODES = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}
+
+
+class _PngDecoder:
+    """A PNG decoded on a thread of its own while the rows already decoded are used.
+
+    Pillow's own decoder does the work (inflate, row filters, unpacking: its C code
+    releases the GIL), fed the file's IDAT data piece by piece as ``ImageFile.load``
+    feeds it. How many rows are complete is counted by inflating the same pieces again
+    with zlib (output discarded): Pillow completes every row whose bytes it has
+    inflated, so the count, less one row for safety, is never ahead of the image.
+    Bands can then be filtered and encoded on the other core while the rest of the file
+    is still being decoded.
+    """
+
+    def __init__(
+        self, image: PILImage.Image, idat: list[memoryview], row_bytes: int, label: str
+    ) -> None:
+        import threading
+
+        from PIL import Image
+
+        self.image = image
+        self.height = image.size[1]
+        self.label = label
+        self.ready = 0
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.changed = threading.Condition()
+        decoder = Image._getdecoder(image.mode, "zip", (image.mode,))
+        decoder.setimage(image.im, (0, 0, *image.size))
+        self.thread = threading.Thread(
+            target=self._run, args=(decoder, idat, row_bytes), daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, decoder: Any, idat: list[memoryview], row_bytes: int) -> None:
+        import zlib
+
+        counter = zlib.decompressobj()
+        inflated = 0
+        try:
+            pending = b""
+            for piece in idat:
+                for start in range(0, len(piece), 1 << 16):
+                    if self.stopped:
+                        return
+                    data = pending + bytes(piece[start : start + (1 << 16)])
+                    consumed, status = decoder.decode(data)
+                    if consumed < 0:  # the last row is done, or the data is broken
+                        if status < 0:
+                            raise ValueError(f"broken image data (Pillow's code {status})")
+                        self._publish(self.height)
+                        return
+                    # the bytes Pillow took are inflated once more, to count the rows
+                    inflated += len(counter.decompress(data[:consumed]))
+                    pending = data[consumed:]
+                    self._publish(min(self.height, max(0, inflated // row_bytes - 1)))
+            raise EOFError("the image data ends before the last row")
+        except BaseException as exc:  # reported to the threads waiting for rows
+            with self.changed:
+                self.error = exc
+                self.changed.notify_all()
+        finally:
+            decoder.cleanup()
+
+    def _publish(self, rows: int) -> None:
+        with self.changed:
+            self.ready = max(self.ready, rows)
+            self.changed.notify_all()
+
+    def wait(self, rows: int) -> None:
+        """Block until the first ``rows`` rows are decoded."""
+        with self.changed:
+            while self.ready < rows and self.error is None:
+                self.changed.wait()
+            if self.ready < rows:
+                raise InputError(
+                    f"{self.label} is truncated or corrupt: its image data could not be "
+                    f"decoded ({self.error})"
+                )
+
+    def stop(self) -> None:
+        """Stop decoding (the result is no longer wanted)."""
+        self.stopped = True
+
+
+def _png_in_bands(
+    raw: bytes, source: str | Path, max_pixels: int | None
+) -> tuple[PILImage.Image, _PngDecoder] | None:
+    """A plain 8-bit PNG (gray, RGB, with or without alpha, not interlaced, no colour
+    profile) opened to be decoded while it is filtered; None for anything else."""
+    import struct
+
+    if not raw.startswith(b"\x89PNG\r\n\x1a\n") or raw[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", raw[16:29])
+    if depth != 8 or colour not in _PNG_MODES or interlace != 0 or width == 0 or height == 0:
+        return None
+    if max_pixels and width * height > max_pixels:
+        return None  # the whole-image path says what to do
+    idat: list[memoryview] = []
+    view = memoryview(raw)
+    at = 8
+    while at + 8 <= len(raw):
+        (length,) = struct.unpack(">I", raw[at : at + 4])
+        kind = raw[at + 4 : at + 8]
+        if at + 12 + length > len(raw):
+            return None
+        if kind == b"IDAT":
+            idat.append(view[at + 8 : at + 8 + length])
+        elif kind in (b"iCCP", b"PLTE", b"acTL"):
+            return None  # a profile to carry, a palette, an animation: read whole
+        elif kind == b"IEND":
+            break
+        at += 12 + length
+    if not idat:
+        return None
+    try:
+        from PIL import Image
+
+        mode = _PNG_MODES[colour]
+        image = Image.new(mode, (width, height))
+        row_bytes = 1 + width * len(mode)
+        return image, _PngDecoder(image, idat, row_bytes, _label(source))
+    except (AttributeError, TypeError, ValueError, OSError):  # another Pillow's internals
+        return None
 
 
 def open_rows(
@@ -308,6 +451,10 @@ def open_rows(
     raw = _read_bytes(source)
     if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
         return None
+    streamed = _png_in_bands(raw, source, max_pixels)
+    if streamed is not None:
+        image, decoder = streamed
+        return _rows_of(image, image.mode, 8, "A" in image.mode, "PNG", {}, source, gray, decoder)
     image = _open_pil(raw, source, max_pixels)
     del raw
     fmt = image.format
@@ -315,28 +462,46 @@ def open_rows(
     if image.mode == "CMYK" and gray:
         image = image.convert("RGB")
     image, mode, depth, has_alpha = _normalise_mode(image)
+    if image.mode not in _NATIVE_MODES and not (image.mode == "I" and mode == "I;16"):
+        return None  # rare: read whole
+    return _rows_of(image, mode, depth, has_alpha, fmt, info, source, gray, None)
+
+
+def _rows_of(
+    image: PILImage.Image,
+    mode: str,
+    depth: int | None,
+    has_alpha: bool,
+    fmt: str | None,
+    info: dict[str, Any],
+    source: str | Path,
+    gray: bool,
+    decoder: _PngDecoder | None,
+) -> ImageRows:
+    """Rows of a Pillow image (still being decoded by ``decoder``, if given)."""
     width, height = image.size
     bands = len(image.getbands())
     colours = bands - 1 if has_alpha else bands
-    if image.mode not in _NATIVE_MODES and not (image.mode == "I" and mode == "I;16"):
-        return None  # rare: read whole
     if gray and colours not in (1, 3):
+        if decoder is not None:
+            decoder.stop()
         _luma(np.empty((0, 0, colours), np.float32), mode, source)  # raises the message
 
     def read(r0: int, r1: int) -> np.ndarray:
+        if decoder is not None:
+            decoder.wait(r1)
         array = np.asarray(image.crop((0, r0, width, r1)))
         return array[:, :, None] if array.ndim == 2 else array
 
-    alpha = None
-    if has_alpha:
-        alpha = np.asarray(image.getchannel(bands - 1))
+    # a placeholder like ``data``: the alpha rows are read with the colours
+    alpha = np.empty((0, width), np.uint8) if has_alpha else None
     empty = np.empty((0, width, colours), np.float32)
     like = LoadedImage(empty, alpha, mode, depth, str(source), fmt, False, info)
     if gray and colours != 1:
         like.data = like.data[:, :, :1]
         like.mode = "LA" if alpha is not None else "L"
         like.info = {}
-    return ImageRows(height, width, like, read, colours, gray)
+    return ImageRows(height, width, like, read, colours, gray, decoder)
 
 
 def _open_npy_rows(path: Path, gray: bool) -> ImageRows | None:
@@ -906,16 +1071,17 @@ def write_bands(
             f"Unknown value for compress_level. Allowed values are: 0 to 9. "
             f"Received: compress_level={compress_level}"
         )
-    alpha = like.alpha
+    has_alpha = like.alpha is not None
     depth = 16 if like.mode == "I;16" else 8
-    layers = channels + (alpha is not None)
+    layers = channels + has_alpha
     mode = "I;16" if depth == 16 else {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[layers]
     encoder = _PngBands(width, height, mode, depth, compress_level)
 
     def finish_png(r0: int, r1: int, result: np.ndarray) -> tuple[bytes, int, int, bool]:
         pixels = _integer_pixels(result, depth, rescale=False, absolute=absolute, scratch=True)
+        alpha = rows.alpha(r0, r1)
         if alpha is not None:
-            pixels = np.concatenate([pixels, alpha[r0:r1, :, None].astype(np.uint8)], axis=2)
+            pixels = np.concatenate([pixels, alpha[:, :, None].astype(np.uint8)], axis=2)
         return encoder.encode(pixels, r1 == height)
 
     def write_png(stream: BinaryIO) -> None:

@@ -395,3 +395,113 @@ def test_16_bit_png_in_bands(cli, tmp_path: Path, whole_reader_refused: None) ->
     expected = np.clip(np.rint(exact), 0, 65535)
     assert np.abs(array - expected).max() <= 1  # float32 sums of values near 2**18
     assert np.mean(array == expected) > 0.99
+
+
+# ------------------------------------------------------------------ PNG decoded while filtered
+
+
+def resplit_idat(payload: bytes, size: int) -> bytes:
+    """The same PNG with its image data cut into IDAT chunks of ``size`` bytes."""
+    chunks = png_chunks(payload)
+    data = b"".join(d for k, d in chunks if k == b"IDAT")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    head = [chunk(k, d) for k, d in chunks if k not in (b"IDAT", b"IEND")]
+    pieces = [chunk(b"IDAT", data[i : i + size]) for i in range(0, len(data), size)]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(head + pieces) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def pillow_open_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's whole-file open fails: a PNG that passes was decoded while filtered."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("opened whole")
+
+    monkeypatch.setattr(images, "_open_pil", refuse)
+
+
+@pytest.mark.parametrize(
+    "mode, channels", [("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4)]
+)
+@pytest.mark.parametrize("idat_size", [7, 5000])
+def test_png_decoded_while_filtered_equals_scipy(
+    cli,
+    tmp_path: Path,
+    pillow_open_refused: None,
+    mode: str,
+    channels: int,
+    idat_size: int,
+) -> None:
+    rng = np.random.default_rng(21)
+    height, width = 700, 11  # many bands; IDAT pieces far smaller and larger than a row
+    values = rng.integers(0, 256, (height, width, channels)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(values[:, :, 0] if channels == 1 else values, mode).save(
+        buffer, "PNG"
+    )
+    source = tmp_path / "in.png"
+    source.write_bytes(resplit_idat(buffer.getvalue(), idat_size))
+    out = tmp_path / "out.png"
+    result = cli(
+        "filter", str(source), "-k", "1 2 0; -1 3 1; 0 0 -2", "--abs", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.stderr
+    colours = channels - (mode in ("LA", "RGBA"))
+    exact = np.abs(
+        scipy_chain(values[:, :, :colours].astype(np.float64), [TILTED], "reflect")
+    )
+    with Image.open(out) as decoded:
+        assert decoded.mode == mode
+        array = np.asarray(decoded).reshape(height, width, channels)
+    assert_rounded(array[:, :, :colours], exact)
+    np.testing.assert_array_equal(array[:, :, colours:], values[:, :, colours:])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_broken_png_decoded_in_bands_fails_cleanly(tmp_path: Path, damage: str) -> None:
+    from tests.conftest import run_convcli
+
+    rng = np.random.default_rng(22)
+    values = rng.integers(0, 256, (700, 40, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(values, "RGB").save(buffer, "PNG")
+    payload = resplit_idat(buffer.getvalue(), 4000)
+    chunks = png_chunks(payload)
+    idat = [i for i, (k, _) in enumerate(chunks) if k == b"IDAT"]
+    if damage == "truncated":  # the last half of the image data is gone
+        keep = payload.index(b"IDAT") + sum(
+            len(chunks[i][1]) + 12 for i in idat[: len(idat) // 2]
+        )
+        broken = payload[:keep]
+    else:  # garbage in the middle of the deflate stream, CRCs recomputed
+        middle = idat[len(idat) // 2]
+        body = bytes(len(chunks[middle][1]))
+        fixed = (
+            struct.pack(">I", len(body))
+            + b"IDAT"
+            + body
+            + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+        )
+        parts = [
+            struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+            for k, d in chunks
+        ]
+        parts[middle] = fixed
+        broken = b"\x89PNG\r\n\x1a\n" + b"".join(parts)
+    source = tmp_path / "broken.png"
+    source.write_bytes(broken)
+    out = tmp_path / "out.png"
+    done = run_convcli("filter", str(source), "-k", "box3", "-o", str(out))
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert "truncated or corrupt" in lines[0] and "broken.png" in lines[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.png"]  # nothing written

@@ -269,6 +269,7 @@ def _filter_in_bands(
         return False
     fmt = images.band_format(rows, job.dest, options.fmt)
     if fmt is None:
+        rows.close()
         return False
     weights = [step.weights for step in steps]
     _keep_freed_memory()
@@ -284,14 +285,17 @@ def _filter_in_bands(
             workers=workers,
         )
 
-    images.write_bands(
-        job.dest,
-        rows,
-        run,
-        fmt=fmt,
-        absolute=options.absolute,
-        compress_level=options.compress_level,
-    )
+    try:
+        images.write_bands(
+            job.dest,
+            rows,
+            run,
+            fmt=fmt,
+            absolute=options.absolute,
+            compress_level=options.compress_level,
+        )
+    finally:
+        rows.close()
     return True
 
 
