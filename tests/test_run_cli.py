@@ -196,7 +196,7 @@ def test_save_maps_writes_one_labelled_grid_per_layer(cli, samples: Path, tmp_pa
     names = sorted(p.name for p in maps.iterdir())
     assert names == ["00-input.png", "01-conv1.png", "02-relu1.png", "03-conv2.png", "04-relu2.png", "05-pool1.png"]
     conv1 = Image.open(maps / "01-conv1.png")
-    assert conv1.mode == "L"
+    assert conv1.mode == "RGB"  # gray tiles, a colour bar
     # 16 maps of 8x8, enlarged 6x to 48 pixels, in a 4x4 grid: wider and taller than 4 * 48
     assert conv1.size[0] > 4 * 48 and conv1.size[1] > 4 * 48
     pixels = np.asarray(conv1)

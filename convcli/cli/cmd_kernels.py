@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from convcli.cli._app import app, examples, note, out_console, print_json, quiet_option
-from convcli.errors import ConvcliError
+from convcli.errors import ConvcliError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from convcli.cli._tables import TableSpec
@@ -104,6 +104,23 @@ def _matrix_table(kernel: Kernel) -> TableSpec:
     return table
 
 
+def _draw(item: Kernel | GradientPair, path: Path) -> None:
+    """``--png``: the kernel (each kernel of a pair, side by side) as a heatmap."""
+    from convcli import fileio, pictures
+    from convcli.kernels import GradientPair, format_number
+
+    fileio.check_writable(path, "--png")
+    parts = [item.x, item.y] if isinstance(item, GradientPair) else [item]
+    drawn = []
+    for kernel in parts:
+        labels = [[format_number(v) for v in row] for row in kernel.written]
+        title = kernel.name + (f" (x {kernel.scale})" if kernel.scale is not None else "")
+        drawn.append(pictures.kernel_heatmap(kernel.weights, labels, title))
+    picture = drawn[0] if len(drawn) == 1 else pictures.side_by_side(drawn)
+    pictures.save_png(picture, str(path), "--png")
+    note(f"wrote {path} ({picture.width}x{picture.height})")
+
+
 def _show_kernel(kernel: Kernel, overrides: bool) -> None:
     from rich.markup import escape
 
@@ -149,6 +166,10 @@ def kernels_command(
     kernel_path: list[Path] = typer.Option(
         [], "--kernel-path", metavar="DIR", help="Extra folder of kernel files (repeatable; wins over built-ins)."
     ),
+    png: Path | None = typer.Option(
+        None, "--png", metavar="FILE.png",
+        help="Draw the kernel as a heatmap (values in the cells, blue < 0 < red).", show_default=False,
+    ),
     quiet: bool = quiet_option(),
 ) -> None:
     """List the kernel library, or show one kernel's matrix, scale and properties."""
@@ -156,6 +177,10 @@ def kernels_command(
 
     from convcli.kernels import GradientPair, KernelLibrary, resolve_kernel
 
+    if png is not None and name is None:
+        raise InputError("--png draws one kernel: give its NAME (convcli kernels NAME --png FILE.png)")
+    if png is not None and png.suffix.lower() != ".png":
+        raise InputError(f"--png writes a .png file; give a name ending in .png. Received: {png}")
     library = KernelLibrary.from_environment(kernel_path)
     if name is None:
         entries = library.entries()
@@ -171,6 +196,9 @@ def kernels_command(
         return
 
     item = resolve_kernel(name, kernel_path)
+    if png is not None:
+        _draw(item, png)
+        return
     overrides = False
     if not item.builtin and item.path is not None and item.path.parent in library.user_folders:
         try:

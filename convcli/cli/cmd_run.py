@@ -77,6 +77,38 @@ def _check_output(path: Path | None, suffix: str, option: str) -> None:
     fileio.check_writable(path, option)
 
 
+def _save_maps(folder: Path, maps: list[tuple[str, str, Any]], colormap: str, map_range: str) -> list[Path]:
+    """One PNG per entry (stem, title, maps (H, W, D)) into ``folder`` (made if missing)."""
+    from convcli import fileio, pictures
+
+    fileio.make_folder(folder, "--save-maps")
+    written = []
+    for stem, title, array in maps:
+        if stem == "00-input":
+            picture = pictures.input_picture(array, title)
+        else:
+            picture = pictures.feature_map_grid(array, title, colormap=colormap, value_range=map_range)
+        path = folder / f"{stem}.png"
+        pictures.save_png(picture, str(path), "--save-maps")
+        written.append(path)
+    return written
+
+
+def _save_filters(model: Model, params: dict[str, Any], path: Path) -> None:
+    """Draw the first layer that has a 4-D kernel (F, F, D, K): the first conv layer."""
+    from convcli import pictures
+
+    for layer in model.layers:
+        kernel = params.get(f"{layer.name}.kernel")
+        if kernel is not None and kernel.ndim == 4:
+            f1, f2, d, k = kernel.shape
+            title = f"{layer.name}: {k} filters of {f1}x{f2}x{d}"
+            pictures.save_png(pictures.filter_grid(kernel, title), str(path), "--save-filters")
+            note(f"wrote {path} ({title})")
+            return
+    raise InputError("--save-filters: the model has no conv layer with a (F, F, D, K) kernel to draw")
+
+
 def _display_path(path: Path) -> str:
     """A path relative to the working folder when it lies inside it (model files store
     their weights path absolute)."""
@@ -193,6 +225,17 @@ def run_command(
         help="Write per layer one PNG grid of the feature maps of the first input into DIR (made if missing).",
         show_default=False,
     ),
+    colormap: str = typer.Option(
+        "gray", "--colormap", metavar="[gray|viridis|magma|coolwarm]", help="Colours of the --save-maps pictures."
+    ),
+    map_range: str = typer.Option(
+        "per-map", "--map-range", metavar="[per-map|shared]",
+        help="--save-maps: each map on its own min..max, or every map of a layer on one range.",
+    ),
+    save_filters: Path | None = typer.Option(
+        None, "--save-filters", metavar="FILE.png",
+        help="Draw the first conv layer's kernels as a grid (RGB for 3 input channels).", show_default=False,
+    ),
     batch_size: int = typer.Option(64, "--batch-size", metavar="N", help="Inputs per forward batch (bounds memory)."),
     input_shape: str | None = typer.Option(
         None, "--input-shape", metavar="H,W,D", help="The input size a Keras model leaves open (None).",
@@ -214,6 +257,12 @@ def run_command(
     model.shapes()
     _check_output(output, ".npy", "-o")
     _check_output(save_weights, ".npz", "--save-weights")
+    _check_output(save_filters, ".png", "--save-filters")
+    if save_maps is not None or save_filters is not None:
+        from convcli import pictures
+
+        pictures.colormap_lut(colormap)  # refuse an unknown name before any work
+        pictures.check_map_range(map_range)
     if save_maps is not None:
         from convcli import fileio
 
@@ -276,7 +325,9 @@ def run_command(
     if save_weights is not None:
         forward.save_weights(params, save_weights)
     # a missing folder is made, as filter --out-dir makes its folder
-    written = forward.save_feature_maps(save_maps, list(maps.values())) if save_maps is not None else []
+    written = _save_maps(save_maps, list(maps.values()), colormap, map_range) if save_maps is not None else []
+    if save_filters is not None:
+        _save_filters(model, params, save_filters)
 
     top = forward.top_k(result, 5, model.class_names) if forward.is_softmax_output(model) else None
     if json_output:
