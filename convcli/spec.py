@@ -608,8 +608,9 @@ class _KerasReader:
     """Flatten a Keras model config (nested Sequential/Functional models included) into
     convcli layers, collecting every unsupported class or option before refusing."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, tuples: bool = True):
         self.source = source
+        self.plain: Callable[[Any], Any] = _plain if tuples else (lambda value: value)
         self.layers: list[L.Layer] = []
         self.alias: dict[str, str] = {}
         self.problems: dict[str, list[str]] = {}
@@ -647,7 +648,7 @@ class _KerasReader:
             raise ModelError(f"{self.source}: Sequential config has no \"layers\" list")
         previous: str | None = feeds[0] if feeds else None
         if feeds is None and isinstance(config, dict):
-            shape = _keras_shape(_plain(config.get("build_input_shape")))
+            shape = _keras_shape(self.plain(config.get("build_input_shape")))
             if shape is None and isinstance(doc.get("build_config"), dict):
                 shape = _keras_shape(doc["build_config"].get("input_shape"))
             if shape is not None:
@@ -656,7 +657,7 @@ class _KerasReader:
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or "class_name" not in entry:
                 raise ModelError(f"{self.source}: layers[{index}] is not a Keras layer object")
-            cfg = _plain(entry.get("config") or {})
+            cfg = self.plain(entry.get("config") or {})
             name = str(cfg.get("name") or entry.get("name") or f"layer_{index}")
             if previous is None:  # the first layer of a top-level Sequential carries the input shape
                 for key in ("batch_input_shape", "batch_shape"):
@@ -685,14 +686,14 @@ class _KerasReader:
         return previous
 
     def functional(self, config: Mapping[str, Any], feeds: list[str] | None) -> str | None:
-        inputs = _endpoints(_plain(config.get("input_layers")))
+        inputs = _endpoints(self.plain(config.get("input_layers")))
         for position, name in enumerate(inputs):
             if feeds is not None and position < len(feeds):
                 self.alias[name] = feeds[position]
         for index, entry in enumerate(config["layers"]):
             if not isinstance(entry, dict) or "class_name" not in entry:
                 raise ModelError(f"{self.source}: layers[{index}] is not a Keras layer object")
-            cfg = _plain(entry.get("config") or {})
+            cfg = self.plain(entry.get("config") or {})
             name = str(entry.get("name") or cfg.get("name") or f"layer_{index}")
             nodes = entry.get("inbound_nodes") or []
             if entry["class_name"] == "InputLayer":
@@ -711,7 +712,7 @@ class _KerasReader:
             for call, node in enumerate(nodes or [None]):
                 self.layer(entry, _call_name(name, call), _refs(node) if node is not None else [],
                            shares=name if call else None)
-        outputs = _endpoints(_plain(config.get("output_layers")))
+        outputs = _endpoints(self.plain(config.get("output_layers")))
         if len(outputs) > 1:
             self.problem("models with several outputs", ", ".join(outputs))
         return self.resolve(outputs[0]) if outputs else (self.layers[-1].name if self.layers else None)
@@ -721,7 +722,7 @@ class _KerasReader:
         keras_class = str(entry["class_name"])
         tensors = [self.resolve(ref) for ref, _ in refs if ref is not None]
         if keras_class in _MODEL_CLASSES:
-            output = self.model(_plain(entry), tensors)
+            output = self.model(self.plain(entry), tensors)
             if output is not None:
                 self.alias[name] = output
             return name
@@ -731,7 +732,7 @@ class _KerasReader:
             kind = "operation" if module.startswith("keras.src.ops") else "class"
             self.problem(f"{kind} {keras_class}", name)
             return name
-        cfg = _plain(entry.get("config") or {})
+        cfg = self.plain(entry.get("config") or {})
         constants = [(i, value) for i, (ref, value) in enumerate(refs) if ref is None]
         try:
             if not isinstance(cfg, dict):
@@ -787,18 +788,20 @@ def _unwrap(doc: Any, source: str) -> dict[str, Any]:
     return doc
 
 
-def keras_model(doc: Any, source: str, input_shape: tuple[int, ...] | None = None) -> L.Model:
+def keras_model(doc: Any, source: str, input_shape: tuple[int, ...] | None = None, *,
+                tuples: bool = True) -> L.Model:
     """A model from a Keras model config (the dict of ``model.to_json()``), without Keras.
 
     Sequential and Functional models (any DAG; nested models are flattened, their layers
     keeping their names). Sizes floor as Keras does. ``input_shape`` fills sizes the
-    model leaves open (None).
+    model leaves open (None). ``tuples=False`` says the document holds no tf.keras tuple
+    objects (``{"class_name": "__tuple__", ...}``), so configs are used as they are.
 
     Raises:
         ModelError: every unsupported class or option at once, naming the layers.
     """
     doc = _unwrap(doc, source)
-    reader = _KerasReader(source)
+    reader = _KerasReader(source, tuples)
     output = reader.model(doc, None)
     if reader.problems:
         raise reader.refusal()
@@ -832,8 +835,15 @@ def load_keras_json(path: str | Path, input_shape: tuple[int, ...] | None = None
         ModelError: naming the Keras layers and their classes.
     """
     path = Path(path)
-    doc = _read_document(path, "JSON", json.loads, json.JSONDecodeError)
-    return keras_model(doc, path.name, input_shape)
+    text: list[str] = []
+
+    def parse(data: str) -> Any:
+        text.append(data)
+        return json.loads(data)
+
+    doc = _read_document(path, "JSON", parse, json.JSONDecodeError)
+    tuples = any(marker in text[0] for marker in ("__tuple__", "TensorShape"))
+    return keras_model(doc, path.name, input_shape, tuples=tuples)
 
 
 # --------------------------------------------------------------------------------------
