@@ -4,7 +4,8 @@ For every layer: output shape, parameters (shared, and if unshared for conv laye
 multiply-accumulates, receptive field (size and jump, in input pixels) and activation
 memory (float32 bytes of the layer's output, batch of one). Totals: parameters and their
 float32 size, MACs and FLOPs (2 x MACs), and the peak activation memory (the largest
-input + output pair alive while one layer runs).
+total of the outputs alive while one layer runs: its inputs, every output a later layer
+still needs, and its own output).
 
 >>> from convcli.spec import parse_arrow
 >>> s = summarize(parse_arrow("INPUT(32,32,3) => CONV(8,3,pad=1) => POOL(2) => FC(10)"))
@@ -117,6 +118,16 @@ class Summary:
     """The layer giving the model's output (the last row unless the model says otherwise)."""
     input_name: str = "input"
     """The name layers use for the model's input."""
+
+    @property
+    def is_chain(self) -> bool:
+        """True when every layer reads the one before it (the first: the model's input)."""
+        previous = self.input_name
+        for row in self.rows:
+            if row.inputs and row.inputs != (previous,):
+                return False
+            previous = row.name
+        return True
 
     @property
     def output_shape(self) -> Shape:

@@ -259,22 +259,23 @@ def _receptive_field(row: Row) -> str:
 
 def summary_table(summary: Summary) -> TableSpec:
     """The per-layer table: name (type), output shape and parameters always; the unshared
-    count, memory, receptive field and MACs give way, in that order, to a narrow width."""
-    spec = TableSpec(
-        title=f'Model: "{summary.name}"',
-        narrow_first=False,
-        columns=[
-            Column("Layer (type)", wrap=True),
-            Column("Output Shape"),
-            Column("Param #", justify="right"),
-            Column("Unshared #", justify="right", drop=4),
-            Column("MACs", justify="right", drop=1),
-            Column("RF (jump)", justify="right", drop=2),
-            Column("Memory", justify="right", drop=3),
-        ],
-    )
+    count, memory, receptive field, the inputs of each layer (graphs only, as Keras'
+    "Connected to") and MACs give way, in that order, to a narrow width."""
+    graph = not summary.is_chain
+    columns = [
+        Column("Layer (type)", wrap=True),
+        Column("Output Shape"),
+        Column("Param #", justify="right"),
+        Column("Unshared #", justify="right", drop=5),
+        Column("MACs", justify="right", drop=1),
+        Column("RF (jump)", justify="right", drop=3),
+        Column("Memory", justify="right", drop=4),
+    ]
+    if graph:
+        columns.append(Column("Connected to", wrap=True, drop=2))
+    spec = TableSpec(title=f'Model: "{summary.name}"', narrow_first=False, columns=columns)
     for row in summary.rows:
-        spec.add_row(
+        cells = [
             _layer_label(row),
             shape_text(row.output_shape),
             f"{row.params:,}",
@@ -282,7 +283,10 @@ def summary_table(summary: Summary) -> TableSpec:
             f"{row.macs:,}",
             _receptive_field(row),
             readable_size(row.activation_bytes),
-        )
+        ]
+        if graph:
+            cells.append(", ".join(row.inputs))
+        spec.add_row(*cells)
     return spec
 
 
@@ -298,7 +302,7 @@ def summary_totals(summary: Summary) -> list[tuple[str, str]]:
         ("MACs:", f"{summary.total_macs:,} ({readable_count(summary.total_macs)}); "
          f"FLOPs = 2 x MACs: {summary.total_flops:,} ({readable_count(summary.total_flops)})"),
         ("Peak activation memory:", f"{readable_size(summary.peak_activation_bytes)} "
-         "(largest input + output of one layer, float32, batch of 1)"),
+         "(outputs alive while one layer runs, float32, batch of 1)"),
     ]
 
 

@@ -255,3 +255,14 @@ def test_batch_norm_folded_into_the_layer_before_it(layer: str) -> None:
     separate = forward.run(model, x, params, on_layer=lambda lyr, y, s: steps.append(lyr.type))
     assert steps[-2:] == ["BatchNormalization", "Activation"]
     np.testing.assert_allclose(fused, separate, rtol=1e-5, atol=1e-6)
+
+
+def test_summary_table_shows_connections_for_graphs_only(cli) -> None:
+    graph = cli("summary", "INPUT(8,8,3) => RESIDUAL(CONV(3,3,pad=same) => RELU)")
+    assert graph.exit_code == 0
+    header = graph.stdout.splitlines()[1]
+    assert header.split()[-2:] == ["Connected", "to"]
+    add_row = next(line for line in graph.stdout.splitlines() if line.startswith("add1 "))
+    assert add_row.rstrip().endswith("input, relu1")
+    chain = cli("summary", "INPUT(8,8,3) => CONV(3,3,pad=same) => RELU")
+    assert "Connected to" not in chain.stdout

@@ -78,7 +78,7 @@ def test_alexnet_rows_by_hand(samples: Path) -> None:
     assert conv1.receptive_field == (11, 11, 4, 4)
     assert conv1.activation_bytes == 55 * 55 * 96 * 4
     assert s.rows[1].receptive_field == (11 + 2 * 4, 11 + 2 * 4, 8, 8)  # pool 3/2 after jump 4
-    # the largest input + output pair is conv1: 227*227*3 + 55*55*96 floats
+    # in a chain the outputs alive are one layer's input and output; the largest pair is conv1: 227*227*3 + 55*55*96 floats
     assert s.peak_activation_bytes == (227 * 227 * 3 + 55 * 55 * 96) * 4
 
 
