@@ -7,6 +7,8 @@ carrying the fraction, as the lecture's W=10, F=3, P=0, S=2 example (4.5) does.
 
 from __future__ import annotations
 
+import math
+
 from fractions import Fraction
 from typing import Literal
 
@@ -161,35 +163,61 @@ def conv_transpose_output_length(
     return (n - 1) * stride + k - 2 * pad + output_padding
 
 
-def fitting_paddings(n: int, kernel: int, stride: int, limit: int = 3) -> list[int]:
-    """The smallest integer paddings P >= 0 for which (n - kernel + 2P)/stride + 1 is an integer.
+def fitting_paddings(n: int, kernel: int, stride: int, limit: int = 3, near: int | None = None) -> list[int]:
+    """The smallest integer paddings P >= 0 for which (n - kernel + 2P)/stride + 1 is an
+    integer, or with ``near`` the ``limit`` paddings nearest to it (ties: the smaller).
+
+    Solved as a congruence, not by trying each P: a size of 10^8 costs what 10 costs.
 
     >>> fitting_paddings(10, 3, 3)
     [1, 4, 7]
     >>> fitting_paddings(10, 3, 2)  # 7 + 2P is always odd
     []
+    >>> fitting_paddings(10, 3, 3, near=5)
+    [4, 7, 1]
     """
-    found: list[int] = []
-    p = 0
-    while len(found) < limit and p <= n + kernel + 2 * stride:
-        if (n - kernel + 2 * p) % stride == 0 and n - kernel + 2 * p >= 0:
-            found.append(p)
-        p += 1
-    return found
+    # (n - kernel + 2P) ≡ 0 (mod stride) is the linear congruence 2P ≡ r (mod stride)
+    r = (kernel - n) % stride
+    g = math.gcd(2, stride)
+    if r % g:
+        return []
+    period = stride // g
+    first = (r // g) * pow(2 // g, -1, period) % period if period > 1 else 0
+    lowest = max(0, -((n - kernel) // 2))  # the smallest P with n - kernel + 2P >= 0
+    start = lowest + (first - lowest) % period
+    bound = n + kernel + 2 * stride  # suggestions stay near the sizes given
+    if near is None:
+        return [p for p in range(start, start + limit * period, period) if p <= bound]
+    middle = max(0, (near - start) // period)
+    candidates = [start + j * period for j in range(max(0, middle - limit), middle + limit + 2)]
+    return sorted((p for p in candidates if p <= bound), key=lambda p: (abs(p - near), p))[:limit]
 
 
-def fitting_strides(n: int, kernel: int, padding: int = 0, limit: int = 3) -> list[int]:
-    """Strides S >= 1 for which (n - kernel + 2P)/S + 1 is an integer, nearest first.
+def fitting_strides(n: int, kernel: int, padding: int = 0, limit: int = 3, near: int | None = None) -> list[int]:
+    """Strides S >= 1 for which (n - kernel + 2P)/S + 1 is an integer: the smallest, or with
+    ``near`` the ``limit`` strides nearest to it (ties: the smaller).
 
     >>> fitting_strides(10, 3)
     [1, 7]
+    >>> fitting_strides(26, 2, near=5)
+    [4, 6, 3]
     """
     span = n - kernel + 2 * padding
     if span < 0:
         return []
     if span == 0:
         return [1]
-    return [s for s in range(1, span + 1) if span % s == 0][:limit]
+    # the divisors of span: trial division up to sqrt(span), with their cofactors; capped so
+    # that a huge span costs milliseconds (beyond the cap only the cofactors are listed)
+    root = math.isqrt(span)
+    small = [d for d in range(1, min(root, _MAX_TRIAL_DIVISOR) + 1) if span % d == 0]
+    divisors = sorted(set(small) | {span // d for d in small})
+    if near is None:
+        return divisors[:limit]
+    return sorted(divisors, key=lambda s: (abs(s - near), s))[:limit]
+
+
+_MAX_TRIAL_DIVISOR = 200_000
 
 
 def conv_params(kernel_h: int, kernel_w: int, depth: int, filters: int, bias: bool = True) -> int:

@@ -209,12 +209,14 @@ def read_image(
         InputError: missing, empty, truncated or unreadable file; not an image; too many
             pixels (the message says how to raise the limit with ``--max-pixels``).
     """
+    from convcli import fileio
+
     raw = _read_bytes(source)
-    if raw.startswith(_NPY_MAGIC):
-        loaded = _load_npy(raw, source)
+    if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
+        loaded = _load_npy(raw, source)  # refuses an .npz or anything else named .npy
     else:
-        if str(source).lower().endswith(".npy"):
-            raise InputError(f"{_label(source)} is not a valid .npy array (bad header)")
+        if fileio.sniff(raw) == "npz":
+            raise InputError(f"{_label(source)} is a .npz archive of several arrays; give one .npy array or an image")
         image = _open_pil(raw, source, max_pixels)
         fmt = image.format
         info = {k: image.info[k] for k in ("icc_profile",) if image.info.get(k)}

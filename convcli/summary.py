@@ -408,8 +408,8 @@ def _axis(axis: str, letter: str, n: int, kernel: int, stride: int, padding: int
             f"{n + 2 * padding}"
         )
     if exact.denominator != 1:
-        paddings = sorted(geometry.fitting_paddings(n, k, stride, limit=n + k), key=lambda p: (abs(p - padding), p))[:3]
-        strides = sorted(geometry.fitting_strides(n, k, padding, limit=n + k), key=lambda s: (abs(s - stride), s))[:3]
+        paddings = sorted(geometry.fitting_paddings(n, k, stride, near=padding), key=lambda p: (abs(p - padding), p))
+        strides = sorted(geometry.fitting_strides(n, k, padding, near=stride), key=lambda s: (abs(s - stride), s))
         raise ShapeError(
             f"output {axis}: {substituted} is not an integer: the neurons do not fit. "
             f"Paddings that fit with S={stride}: {', '.join(map(str, paddings)) or 'none'}; "

@@ -29,7 +29,7 @@ def parse_at(text: str) -> tuple[int, int]:
     (3, 2)
     """
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.lstrip("-").isascii() and p.lstrip("-").isdigit() for p in parts):
         raise InputError(f"Invalid value for `--at`: expected X,Y (column, row), e.g. --at 120,45. Received: {text}")
     return int(parts[0]), int(parts[1])
 

@@ -15,8 +15,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
-from convcli.cli._app import app, err_console, examples, fail, note, quiet_option
-from convcli.errors import ConvcliError, InputError, ShapeError
+from convcli.cli._app import (
+    FAILURES,
+    app,
+    describe_failure,
+    err_console,
+    examples,
+    fail,
+    note,
+    print_error,
+    quiet_option,
+)
+from convcli.errors import InputError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -41,7 +51,7 @@ def parse_padding(text: str) -> int | str:
     value = text.strip().lower()
     if value in ("same", "valid"):
         return value
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²", which isdigit accepts and int refuses
         return int(value)
     raise InputError(
         "Unknown value for `padding`. Allowed values are: same, valid, or a non-negative "
@@ -393,11 +403,9 @@ def _run_batch(jobs: list[Job], steps: list[Step], options: Options, workers: in
                 job = futures[future]
                 try:
                     dropped_any |= future.result()
-                except ConvcliError as exc:
+                except FAILURES as exc:  # a bad file or a failed write: report it, go on
                     failures += 1
-                    err_console.print(
-                        f"[bold red]error:[/] {escape(job.source)}: {escape(str(exc))}"
-                    )
+                    print_error(f"{job.source}: {describe_failure(exc)}")
                 if progress is not None:
                     progress.advance(task)
         except BaseException:  # Ctrl-C: start no new file (those running finish atomically)

@@ -267,6 +267,8 @@ def run_command(
         from convcli import fileio
 
         fileio.check_output_folder(save_maps, "--save-maps")
+    if seed < 0:
+        raise InputError(f"--seed must be a non-negative integer. Received: {seed}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer. Received: {batch_size}")
 
