@@ -316,6 +316,12 @@ def test_conv2d_backward_is_the_adjoint(n, h, w, c, fh, fw, k, sh, sw, dh, dw, p
     assert float(np.sum(x * dx)) == pytest.approx(total, rel=1e-9, abs=1e-9)
     assert float(np.sum(kernel * dk)) == pytest.approx(total, rel=1e-9, abs=1e-9)
     np.testing.assert_allclose(db, g.sum(axis=(0, 1, 2)))
+    # float32 takes the forward's conv2d for stride 1: the same gradients to float32 rounding
+    narrow = grad.conv2d_backward(x.astype(np.float32), kernel.astype(np.float32), g.astype(np.float32),
+                                  strides=(sh, sw), padding=padding, dilation=(dh, dw), chunk_bytes=chunk)
+    assert narrow[0] is not None
+    np.testing.assert_allclose(narrow[0], dx, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(dx).max())))
+    np.testing.assert_allclose(narrow[1], dk, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(dk).max())))
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 60])
@@ -378,6 +384,52 @@ def test_pool_backward_matches_finite_differences(h, w, size, strides, padding, 
     else:
         dx = grad.avg_pool2d_backward(x.shape, r, size, strides, padding)
     assert_gradient(dx, numeric_gradient(loss, x))
+
+
+def pool_backward_loops(x, g, size, strides, padding, how):
+    """Each output position hands its gradient to its window: all of it to the window's
+    first maximum (row-major), or an equal share to each real pixel for the mean."""
+    n, h, w, c = x.shape
+    if padding == "same":
+        (top, _), (left, _) = keras_same(h, size[0], strides[0]), keras_same(w, size[1], strides[1])
+    else:
+        top = left = 0
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for i in range(g.shape[1]):
+            for j in range(g.shape[2]):
+                r, s = i * strides[0] - top, j * strides[1] - left
+                r0, s0 = max(r, 0), max(s, 0)
+                window = x[b, r0 : r + size[0], s0 : s + size[1]]
+                for ch in range(c):
+                    if how == "max":
+                        u, v = np.unravel_index(np.argmax(window[:, :, ch]), window.shape[:2])
+                        dx[b, r0 + u, s0 + v, ch] += g[b, i, j, ch]
+                    else:
+                        dx[b, r0 : r + size[0], s0 : s + size[1], ch] += g[b, i, j, ch] / window[:, :, ch].size
+    return dx
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 9), w=st.integers(1, 9), ph=st.integers(1, 4), pw=st.integers(1, 4),
+    sh=st.integers(1, 4), sw=st.integers(1, 4), padding=st.sampled_from(["valid", "same"]),
+    how=st.sampled_from(["max", "avg"]), ties=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_pool_backward_matches_the_loops_for_any_geometry(h, w, ph, pw, sh, sw, padding, how, ties, seed) -> None:
+    if padding == "valid" and (h < ph or w < pw):
+        return
+    rng = np.random.default_rng(seed)
+    # with ties (few distinct values, as after a ReLU) the first maximum must win
+    x = rng.integers(0, 3, (2, h, w, 2)).astype(float) if ties else rand(rng, 2, h, w, 2)
+    forward = ops.max_pool2d if how == "max" else ops.avg_pool2d
+    out = forward(x, (ph, pw), (sh, sw), padding)
+    g = rand(rng, *out.shape)
+    if how == "max":
+        dx = grad.max_pool2d_backward(x, g, (ph, pw), (sh, sw), padding)
+    else:
+        dx = grad.avg_pool2d_backward(x.shape, g, (ph, pw), (sh, sw), padding)
+    np.testing.assert_allclose(dx, pool_backward_loops(x, g, (ph, pw), (sh, sw), padding, how), rtol=1e-12, atol=1e-12)
 
 
 def test_max_pool_backward_sends_ties_to_the_first_maximum() -> None:
