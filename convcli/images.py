@@ -102,7 +102,8 @@ def _read_bytes(source: str | Path) -> bytes:
     return fileio.read_bytes(source, what="input")
 
 
-def _load_npy(raw: bytes, source: str | Path) -> LoadedImage:
+def _load_npy(raw: bytes | Path, source: str | Path) -> LoadedImage:
+    """A ``.npy`` input from its bytes, or straight from its file (no bytes copy)."""
     from convcli import fileio
 
     array = fileio.load_npy(raw, label=f"input {_label(source)}")
@@ -121,6 +122,22 @@ def _load_npy(raw: bytes, source: str | Path) -> LoadedImage:
     if squeeze:
         data = data[:, :, None]
     return LoadedImage(data, None, "npy", None, str(source), "NPY", squeeze)
+
+
+def _is_npy_file(source: str | Path) -> bool:
+    """A regular file (not stdin, nor a pipe that a peek would consume) that starts with
+    numpy's magic string."""
+    import stat
+
+    if str(source) == "-":
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(source).st_mode):
+            return False
+        with open(source, "rb") as handle:
+            return handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+    except OSError:
+        return False  # the reader below says what is wrong
 
 
 def _open_pil(raw: bytes, source: str | Path, max_pixels: int | None) -> PILImage.Image:
@@ -211,8 +228,12 @@ def read_image(
     """
     from convcli import fileio
 
-    raw = _read_bytes(source)
-    if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
+    if _is_npy_file(source):
+        # read into the array itself: a 100 MB array needs 100 MB, not 200 more for bytes
+        loaded = _load_npy(Path(source), source)
+    elif (raw := _read_bytes(source)).startswith(_NPY_MAGIC) or str(source).lower().endswith(
+        ".npy"
+    ):
         loaded = _load_npy(raw, source)  # refuses an .npz or anything else named .npy
     else:
         if fileio.sniff(raw) == "npz":
@@ -436,20 +457,21 @@ def open_rows(
     """Open an image file or ``.npy`` file to be read band by band.
 
     The same rules as :func:`read_image` (the same errors, the same float32 values);
-    returns None for stdin and for ``.npy`` files that are not plain C-ordered arrays,
-    which the caller reads whole.
+    returns None for stdin, pipes and devices, and for ``.npy`` files that are not plain
+    C-ordered arrays, which the caller reads whole.
 
     Raises:
         InputError: as :func:`read_image`.
     """
-    if str(source) == "-":
-        return None
-    path = Path(source)
-    if path.is_file() and path.stat().st_size >= len(_NPY_MAGIC):
-        with open(path, "rb") as handle:
-            is_npy = handle.read(len(_NPY_MAGIC)) == _NPY_MAGIC
-        if is_npy:
-            return _open_npy_rows(path, gray)
+    import stat
+
+    try:
+        if str(source) == "-" or not stat.S_ISREG(os.stat(source).st_mode):
+            return None  # stdin, a pipe: read once, whole, by read_image
+    except OSError:
+        return None  # read_image says what is wrong
+    if _is_npy_file(source):
+        return _open_npy_rows(Path(source), gray)
     raw = _read_bytes(source)
     if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
         return None

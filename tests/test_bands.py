@@ -505,3 +505,31 @@ def test_broken_png_decoded_in_bands_fails_cleanly(tmp_path: Path, damage: str) 
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert "truncated or corrupt" in lines[0] and "broken.png" in lines[0]
     assert [p.name for p in tmp_path.iterdir()] == ["broken.png"]  # nothing written
+
+
+def test_inputs_from_pipes_are_read_whole(tmp_path: Path) -> None:
+    """A FIFO (as `<(cat x.npy)` gives) is read once, start included, for .npy and PNG."""
+    import os
+    import threading
+
+    from tests.conftest import run_convcli
+
+    rng = np.random.default_rng(30)
+    array = rng.normal(0, 10, (40, 30)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 30)).astype(np.uint8)).save(png, "PNG")
+    for payload, out in ((buffer.getvalue(), "out.npy"), (png.getvalue(), "out.png")):
+        fifo = tmp_path / "in.fifo"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda p=payload: fifo.write_bytes(p))
+        writer.start()
+        done = run_convcli("filter", str(fifo), "-k", "box3", "-o", str(tmp_path / out))
+        writer.join()
+        fifo.unlink()
+        assert done.returncode == 0, done.stderr.decode()
+    expected = ndimage.correlate(array.astype(np.float64), BOX3, mode="reflect")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-4
+    )
