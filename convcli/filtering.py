@@ -1108,14 +1108,16 @@ def _halo(steps: Sequence[Step]) -> tuple[int, int]:
 def band_rows(height: int, steps: Sequence[Step]) -> int:
     """Output rows per band for :func:`filter_bands` (``height`` when one band is best).
 
-    A band re-reads ``halo`` rows on each side, so it is at least eight halos tall (at
-    most a quarter more work); it is kept near 64 rows (4K RGB: 3 MB of float32, a
-    cache-friendly unit that each core finishes alone). An image of fewer than eight
-    such bands is one band. The split never depends on the number of threads, so
-    neither do the results (nor the bytes of a file encoded band by band).
+    A band re-reads ``halo`` rows on each side, so it is at least four halos tall (at
+    most a quarter more rows to filter; taller bands cost memory: a 31x31 kernel's
+    bands of 240 rows took a 4K PNG's peak from 126 to 154 MiB); it is kept near 64
+    rows (4K RGB: 3 MB of float32, a cache-friendly unit that each core finishes
+    alone). An image of fewer than eight such bands is one band. The split never
+    depends on the number of threads, so neither do the results (nor the bytes of a
+    file encoded band by band).
     """
     above, below = _halo(steps)
-    rows = max(64, 8 * (above + below))
+    rows = max(64, 4 * (above + below))
     return height if height < 8 * rows else rows
 
 
@@ -1174,7 +1176,7 @@ def filter_bands(
         for r0 in starts:
             yield band(r0)
         return
-    ahead = 2 * n_workers
+    ahead = n_workers + 1  # finished bands wait here for their turn: bounded memory
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         pending = [pool.submit(band, r0) for r0 in starts[:ahead]]
         following = iter(starts[ahead:])

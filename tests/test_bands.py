@@ -136,7 +136,7 @@ def test_bands_refuse_wrap() -> None:
 def test_band_size_ignores_the_number_of_threads() -> None:
     # the split (and hence a file's bytes) is the same whatever the cores
     assert filtering.band_rows(2160, [BOX3]) == 64
-    assert filtering.band_rows(2160, [np.ones((31, 31))]) == 8 * 30
+    assert filtering.band_rows(2160, [np.ones((31, 31))]) == 4 * 30
     assert filtering.band_rows(100, [BOX3]) == 100
 
 
