@@ -473,8 +473,8 @@ def open_rows(
     if _is_npy_file(source):
         return _open_npy_rows(Path(source), gray)
     raw = _read_bytes(source)
-    if raw.startswith(_NPY_MAGIC) or str(source).lower().endswith(".npy"):
-        return None
+    if raw.startswith((_NPY_MAGIC, b"PK")) or str(source).lower().endswith(".npy"):
+        return None  # read_image refuses it with the right words
     streamed = _png_in_bands(raw, source, max_pixels)
     if streamed is not None:
         image, decoder = streamed
