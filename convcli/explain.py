@@ -56,7 +56,7 @@ class Explanation:
 
 
 def _whole(array: np.ndarray) -> bool:
-    return bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)) and np.all(np.abs(array) < 2**53))
+    return bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)))  # any size: Python ints sum them
 
 
 def explain(
@@ -92,9 +92,15 @@ def explain(
     total = math.fsum(products.ravel().tolist())
     exact: Fraction | None = None
     if _whole(region) and _whole(written):
-        integer_sum = int((region.astype(np.int64) * written.astype(np.int64)).sum())
+        # Python integers: exact at any size (int64 would wrap around beyond 9.2e18)
+        integer_sum = sum(
+            int(a) * int(b) for a, b in zip(region.ravel().tolist(), written.ravel().tolist(), strict=True)
+        )
         exact = Fraction(integer_sum) * (scale if scale is not None else 1)
-        total = float(exact)
+        try:
+            total = float(exact)
+        except OverflowError:  # beyond float64: the exact sum still says it
+            total = math.copysign(math.inf, exact)
     return Explanation(
         region=region,
         weights=weights,

@@ -188,7 +188,9 @@ def fitting_paddings(n: int, kernel: int, stride: int, limit: int = 3, near: int
     bound = n + kernel + 2 * stride  # suggestions stay near the sizes given
     if near is None:
         return [p for p in range(start, start + limit * period, period) if p <= bound]
-    middle = max(0, (near - start) // period)
+    if start > bound:
+        return []
+    middle = min(max(0, (near - start) // period), (bound - start) // period)
     candidates = [start + j * period for j in range(max(0, middle - limit), middle + limit + 2)]
     return sorted((p for p in candidates if p <= bound), key=lambda p: (abs(p - near), p))[:limit]
 

@@ -130,8 +130,9 @@ class Kernel:
         written = self.written
         if not self.separable or not np.all(written == np.round(written)):
             return None
-        matrix = np.round(written).astype(np.int64)
-        i, j = np.unravel_index(int(np.argmax(np.abs(matrix))), matrix.shape)
+        # Python integers (an object array): exact at any size, where int64 wraps at 9.2e18
+        matrix = np.array([[int(v) for v in row] for row in written.tolist()], dtype=object)
+        i, j = np.unravel_index(int(np.argmax(np.abs(written))), matrix.shape)
         column = matrix[:, j]
         divisor = math.gcd(*(int(v) for v in column))
         first = next(int(v) for v in column if v != 0)
@@ -154,7 +155,7 @@ class Kernel:
         written = self.written
         if not np.all(written == np.round(written)):
             return None
-        total = Fraction(int(np.round(written).astype(np.int64).sum()))
+        total = Fraction(sum(int(v) for v in written.ravel().tolist()))  # Python ints: no wrap-around
         return total * self.scale if self.scale is not None else total
 
 
@@ -225,8 +226,32 @@ def format_number(value: float | Fraction) -> str:
     return text if text not in ("-0", "") else "0"
 
 
-def _to_arrays(rows: list[list[Fraction]], scale: Fraction | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Written values -> (effective weights, written matrix or None when there is no scale)."""
+#: The largest magnitude a kernel weight may have: images are filtered in float32, where a
+#: larger weight becomes infinite (and 0 * inf gives NaN where the answer is 0).
+MAX_WEIGHT = float(np.finfo(np.float32).max)
+
+
+def _check_range(values: list[Fraction], where: str) -> None:
+    for value in values:
+        if abs(value) > MAX_WEIGHT:
+            shown = f"{float(value):.4g}" if abs(value) < 1e308 else "beyond 1e308"
+            raise KernelError(
+                f"{where}: the weight {shown} is outside float32's range (|w| <= {MAX_WEIGHT:.4g}), "
+                "in which images are filtered"
+            )
+
+
+def _to_arrays(
+    rows: list[list[Fraction]], scale: Fraction | None, where: str = "kernel"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Written values -> (effective weights, written matrix or None when there is no scale).
+
+    Raises:
+        KernelError: a written or effective weight outside float32's range.
+    """
+    _check_range([v for row in rows for v in row], where)
+    if scale is not None:
+        _check_range([v * scale for row in rows for v in row], where)
     written = np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
     if scale is None:
         return _readonly(written), None
@@ -275,7 +300,7 @@ def parse_matrix(text: str, *, name: str = "inline", where: str | None = None) -
         if tokens:
             rows.append([_parse_number(t, where) for t in tokens])
     _check_rows(rows, where)
-    weights, matrix = _to_arrays(rows, scale)
+    weights, matrix = _to_arrays(rows, scale, where)
     return Kernel(name=name, weights=weights, scale=scale, matrix=matrix, description="inline matrix")
 
 
@@ -290,6 +315,11 @@ def _load_npy(path: Path) -> Kernel:
     weights = array.astype(np.float64)
     if not np.all(np.isfinite(weights)):
         raise KernelError(f"{path}: NaN and infinite values are not allowed in a kernel")
+    if np.abs(weights).max() > MAX_WEIGHT:
+        raise KernelError(
+            f"{path}: the weight {np.abs(weights).max():.4g} is outside float32's range "
+            f"(|w| <= {MAX_WEIGHT:.4g}), in which images are filtered"
+        )
     return Kernel(name=path.stem, weights=_readonly(weights), path=path, description=f"array from {path.name}")
 
 
@@ -319,7 +349,7 @@ def _parse_toml_kernel(table: dict[str, Any], path: Path, builtin: bool, where: 
     for key in ("description", "source"):
         if key in table and not isinstance(table[key], str):
             raise KernelError(f"{where}: `{key}` must be a string")
-    weights, written = _to_arrays(rows, scale)
+    weights, written = _to_arrays(rows, scale, where)
     return Kernel(
         name=name,
         weights=weights,

@@ -129,7 +129,7 @@ def test_a_file_name_is_printed_as_it_is(cli, corpus: Path) -> None:
 def test_a_usage_error_in_a_real_process_is_one_line() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "convcli", "shapes", "--W", "5", "--bogus"],
-                          capture_output=True, env=env, timeout=60)
+                          capture_output=True, env=env, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stdout == b""
     assert proc.stderr.decode().startswith("error: No such option: --bogus")
@@ -226,3 +226,137 @@ def test_shapes_options_accept_or_refuse_cleanly(values: list[object]) -> None:
     assert result.exit_code in (0, 2)
     if result.exit_code == 2:
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+# ----------------------------------------------------------------------------- no algorithmic cliffs
+
+
+def _naive_fitting_paddings(n: int, kernel: int, stride: int, count: int) -> list[int]:
+    """Every P from 0 up, kept when (n - kernel + 2P) is a non-negative multiple of stride."""
+    return [p for p in range(n + kernel + 2 * stride + 1) if n - kernel + 2 * p >= 0
+            and (n - kernel + 2 * p) % stride == 0][:count]
+
+
+def _naive_divisors(span: int) -> list[int]:
+    return [s for s in range(1, span + 1) if span % s == 0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 40), st.integers(0, 50))
+def test_fitting_paddings_and_strides_match_a_loop(n: int, kernel: int, stride: int, near: int) -> None:
+    from convcli import geometry
+
+    every = _naive_fitting_paddings(n, kernel, stride, 10**9)
+    assert geometry.fitting_paddings(n, kernel, stride) == every[:3]
+    assert geometry.fitting_paddings(n, kernel, stride, near=near) == sorted(
+        every, key=lambda p: (abs(p - near), p))[:3]
+    span = n - kernel
+    if span > 0:
+        divisors = _naive_divisors(span)
+        assert geometry.fitting_strides(n, kernel) == divisors[:3]
+        assert geometry.fitting_strides(n, kernel, near=near) == sorted(
+            divisors, key=lambda s: (abs(s - near), s))[:3]
+
+
+def test_shapes_with_a_huge_width_answers_at_once(cli) -> None:
+    # (100000001 - 2)/2 + 1 = 50000000.5: no padding fits with S=2 (2P is even, 99999999 odd);
+    # strides that fit divide 99999999 = 3^2 * 11111111
+    result = cli("shapes", "--W", "100000001", "--F", "2", "--S", "2")
+    assert result.exit_code == 2
+    assert "50000000.5" in result.stderr and "Paddings that fit with S=2: none" in result.stderr
+    assert "strides that fit with P=0: 1, 3" in result.stderr
+    huge = cli("shapes", "--W", str(10**30), "--F", "3", "--S", "7")
+    assert huge.exit_code in (0, 2) and "Traceback" not in huge.stderr
+
+
+def test_a_padding_beyond_max_pixels_is_refused_before_allocating(cli, tmp_path: Path) -> None:
+    result = cli("filter", CAMERA, "-k", "box3", "--padding", "100000", "-o", str(tmp_path / "out.png"))
+    assert result.exit_code == 2
+    # camera.png is 512x512: (512 - 3 + 200000)/1 + 1 = 200510 on each side
+    assert "200510x200510" in result.stderr and "--max-pixels" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_high_rank_kernel_goes_to_fft_without_a_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy import ndimage
+
+    from convcli import filtering
+
+    rng = np.random.default_rng(61)
+    image = rng.random((48, 64, 1), dtype=np.float32)
+    kernel = rng.standard_normal((61, 61))
+    real_svd = np.linalg.svd
+
+    def small_svd_only(a: np.ndarray, *args: object, **kwargs: object) -> object:
+        assert min(np.shape(a)) <= 40, "a full SVD of the large kernel"
+        return real_svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "svd", small_svd_only)
+    filtering._TERMS.clear()
+    assert filtering.plan(kernel, image.shape).method == "fft"
+    result = filtering.correlate(image, kernel, mode="reflect")
+    expected = ndimage.correlate(image[:, :, 0].astype(np.float64), kernel, mode="reflect")
+    np.testing.assert_allclose(result[:, :, 0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_large_low_rank_kernel_stays_separable() -> None:
+    from convcli import filtering
+
+    rng = np.random.default_rng(2)
+    u, v = rng.standard_normal((2, 101)), rng.standard_normal((2, 101))
+    kernel = u.T @ v  # rank 2
+    filtering._TERMS.clear()
+    cols, rows = filtering._find_separable_terms(kernel, max_terms=16)
+    assert len(cols) == 2
+    rebuilt = sum(np.outer(c, r) for c, r in zip(cols, rows, strict=True))
+    np.testing.assert_allclose(rebuilt, kernel, atol=1e-5 * np.abs(kernel).max())
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (4, 5), (2, 6), (7, 4)])
+@pytest.mark.parametrize("cval", [0.0, 2.5])
+def test_fft_constant_mode_matches_scipy(shape: tuple[int, int], cval: float) -> None:
+    from scipy import ndimage
+
+    from convcli import filtering
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.random((21, 30, 2), dtype=np.float32)
+    kernel = rng.standard_normal(shape)
+    result = filtering.correlate(image, kernel, mode="constant", cval=cval, method="fft")
+    for channel in range(2):
+        expected = ndimage.correlate(image[:, :, channel].astype(np.float64), kernel, mode="constant", cval=cval)
+        np.testing.assert_allclose(result[:, :, channel], expected, atol=2e-5 * np.abs(expected).max())
+
+
+# ----------------------------------------------------------------------------- exact where it says exact
+
+
+def test_explain_exact_sum_does_not_wrap(cli) -> None:
+    # 3e9 * 4e9 + 1 + 1 + 1 = 12000000000000000003, beyond int64's 9223372036854775807
+    result = cli("explain", "--region", "3000000000 1; 1 1", "-k", "4000000000 1; 1 1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["sum_exact"] == "12000000000000000003"
+
+
+def test_kernel_sum_and_factors_do_not_wrap(cli) -> None:
+    result = cli("kernels", "10000000000000000000 10000000000000000000; 10000000000000000000 10000000000000000000")
+    assert result.exit_code == 0, result.stderr
+    assert "sum: 40000000000000000000" in result.stdout  # 4 * 10^19, exact
+    assert "row [10000000000000000000 10000000000000000000]" in result.stdout
+
+
+@pytest.mark.parametrize("spec", ["1e39", "1e300 * 1 1", "1e20 * 1e20 0"])
+def test_weights_beyond_float32_are_refused(cli, spec: str) -> None:
+    result = cli("filter", CAMERA, "-k", spec, "-o", "-")
+    assert result.exit_code == 2
+    assert "outside float32's range" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_npy_and_toml_weights_beyond_float32_are_refused(cli, tmp_path: Path) -> None:
+    np.save(tmp_path / "big.npy", np.array([[0.0, 1e39]]))
+    (tmp_path / "big.toml").write_text('name = "big"\nmatrix = [[1e39, 0]]\n')
+    for kernel in ("big.npy", "big.toml"):
+        result = cli("filter", CAMERA, "-k", str(tmp_path / kernel), "-o", str(tmp_path / "out.png"))
+        assert result.exit_code == 2, kernel
+        assert "outside float32's range" in result.stderr
+    assert not (tmp_path / "out.png").exists()

@@ -85,12 +85,18 @@ class Step:
 
 
 def output_size(
-    size: tuple[int, int], steps: list[Step], padding: int | str, stride: int
+    size: tuple[int, int],
+    steps: list[Step],
+    padding: int | str,
+    stride: int,
+    max_pixels: int | None = None,
 ) -> tuple[int, int]:
     """(height, width) after the chain; ShapeError when the neurons do not fit.
 
     Each step applies the lecture's (W - F + 2P)/S + 1 on both axes. A fractional size
     is refused, as ``convcli shapes`` refuses it, with the paddings or strides that fit.
+    A padding that grows the image beyond ``max_pixels`` (after any step) is refused
+    before anything is allocated, as an input that large is.
     """
     from convcli.geometry import conv_output_length, fitting_paddings, fitting_strides
 
@@ -123,6 +129,11 @@ def output_size(
                     f"of {n}: {exc}{hint}"
                 ) from None
         height, width = lengths
+        if max_pixels and height * width > max_pixels:
+            raise ShapeError(
+                f"--padding {padding} makes a {height}x{width} result ({height * width:,} pixels), over "
+                f"the limit of {max_pixels:,}; raise it with --max-pixels {height * width} if that is meant"
+            )
     return height, width
 
 
@@ -322,7 +333,7 @@ def filter_one(
     if _filter_in_bands(job, steps, options, workers):
         return False  # same size: alpha is kept
     image: LoadedImage = read_image(job.source, max_pixels=options.max_pixels, gray=options.gray)
-    output_size(image.size, steps, options.padding, options.stride)
+    output_size(image.size, steps, options.padding, options.stride, options.max_pixels)
     result: np.ndarray = filtering.filter_chain(
         image.data,
         [step.weights for step in steps],
