@@ -476,3 +476,108 @@ def test_module_imports_no_numpy_or_h5py() -> None:
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------- as users run them
+
+# activations is left out: its act_sparsemax channels are Keras 3.15's sparsemax, which is not
+# the paper's (see tests/fixtures/keras/README.md); test_keras_parity.py handles that case.
+RUNNABLE = [m for m in MODELS if m != "activations"]
+FORMATS = {
+    ".keras": lambda name: [str(SMALL / f"{name}.keras")],
+    ".h5": lambda name: [str(SMALL / f"{name}.h5")],
+    ".json + .weights.h5": lambda name: [
+        str(SMALL / f"{name}.json"), "--weights", str(SMALL / f"{name}.weights.h5"),
+    ],
+}  # fmt: skip
+
+
+def assert_one_line_error(result: Any, *fragments: str) -> None:
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert code == 2
+    stderr = result.stderr.decode() if isinstance(result.stderr, bytes) else result.stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_run_matches_keras_predict(cli: Any, tmp_path: Path, name: str, fmt: str) -> None:
+    """``convcli run`` on each Keras file format gives Keras' ``predict`` within 1e-4."""
+    out = tmp_path / "out.npy"
+    x = SMALL / f"{name}.input.npy"
+    model, *weights = FORMATS[fmt](name)
+    open_size = ["--input-shape", "6,5,3"] if name == "open_size" else []
+    result = cli("run", model, str(x), *weights, *open_size, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    reference = np.load(SMALL / f"{name}.output.npy")
+    found = np.load(out)
+    assert found.shape == reference.shape
+    np.testing.assert_allclose(found, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ".json"])
+def test_summary_reads_every_format(cli: Any, suffix: str) -> None:
+    figures = json.loads((SMALL / "nested.expected.json").read_text())
+    result = cli("summary", str(SMALL / f"nested{suffix}"), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["total_params"] == figures["count_params"] == 323
+    assert list(summary["output_shape"]) == figures["output_shape"]
+
+
+def test_run_with_weights_of_another_model_names_the_layer(cli: Any) -> None:
+    result = cli(
+        "run", str(SMALL / "residual.json"), str(SMALL / "residual.input.npy"),
+        "--weights", str(SMALL / "convs.weights.h5"),
+    )  # fmt: skip
+    assert_one_line_error(result, "convs.weights.h5", "weights at layers/conv2d_3 match no layer")
+
+
+def test_run_with_a_kernel_of_the_wrong_shape_names_both_shapes(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "m.weights.h5"
+    shutil.copy(SMALL / "residual.weights.h5", path)
+    with h5py.File(path, "r+") as f:
+        group = f["layers/conv2d_1/vars"]  # conv_b, the second Conv2D of the model
+        del group["0"]
+        group.create_dataset("0", data=np.zeros((3, 3, 4, 5), np.float32))
+    result = cli(
+        "run", str(SMALL / "residual.json"), str(SMALL / "residual.input.npy"),
+        "--weights", str(path),
+    )  # fmt: skip
+    assert_one_line_error(result, "conv_b", "(3, 3, 4, 5)", "(3, 3, 4, 4)")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_damaged_file_is_one_line_in_a_real_process(tmp_path: Path, suffix: str) -> None:
+    from tests.conftest import run_convcli
+
+    data = (SMALL / f"residual{suffix}").read_bytes()
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(data[: len(data) // 2])
+    done = run_convcli("summary", str(path))
+    assert done.returncode == 2
+    assert_one_line_error(done, str(path))
+
+
+def test_missing_h5py_in_a_real_process(tmp_path: Path) -> None:
+    """Without h5py, an HDF5 file is refused with the extra to install."""
+    from tests.conftest import run_convcli
+
+    shadow = tmp_path / "shadow" / "h5py"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named h5py')\n")
+    root = Path(__file__).resolve().parent.parent
+    done = run_convcli(
+        "summary", str(SMALL / "residual.h5"),
+        env={"PYTHONPATH": f"{root}:{shadow.parent}"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert_one_line_error(done, 'pip install "convcli[keras]"')
+    json_done = run_convcli(
+        "summary", str(SMALL / "residual.json"), env={"PYTHONPATH": f"{root}:{shadow.parent}"}
+    )
+    assert json_done.returncode == 0, json_done.stderr
