@@ -410,6 +410,7 @@ def run_batches(
     """
     if batch_size < 1:
         raise InputError(f"the batch size must be a positive integer. Received: batch_size={batch_size}")
+    check_memory(model, min(batch_size, max(len(x), 1)))
     generator = np.random.default_rng(seed)
     out: np.ndarray | None = None
     n = len(x)

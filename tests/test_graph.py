@@ -266,3 +266,14 @@ def test_summary_table_shows_connections_for_graphs_only(cli) -> None:
     assert add_row.rstrip().endswith("input, relu1")
     chain = cli("summary", "INPUT(8,8,3) => CONV(3,3,pad=same) => RELU")
     assert "Connected to" not in chain.stdout
+
+
+def test_a_model_too_big_for_memory_is_refused_before_allocating(cli, tmp_path: Path) -> None:
+    """100,000 inputs by 1,000,000 units: 10^11 float32 weights, 373 GiB. The refusal comes
+    from the arithmetic, at once, and says how much it would need."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 100_000), np.float32))
+    result = cli("run", "INPUT(100000) => FC(1000000)", str(x))
+    assert result.exit_code == 2
+    assert "the model needs 372.5 GiB for its parameters and one batch of activations" in result.stderr
+    assert result.stderr.count("\n") == 1
