@@ -38,7 +38,8 @@ class _Merge(Layer):
     constant: float | None = None
     constant_index: int = 1
     arity: ClassVar[int | None] = None
-    function: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    """The ops.merge operation."""
 
     @classmethod
     def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
@@ -79,7 +80,7 @@ class _Merge(Layer):
 
             shape = (len(xs[0]),) + (1,) * (xs[0].ndim - 1)
             operands.insert(self.constant_index, np.full(shape, self.constant, np.float32))
-        return ops().merge(self.function, operands)
+        return ops().merge(self.kind, operands)
 
 
 @register
@@ -88,7 +89,7 @@ class Add(_Merge):
     """x + y (+ ...): the residual connection."""
 
     type: ClassVar[str] = "Add"
-    function: ClassVar[str] = "add"
+    kind: ClassVar[str] = "add"
     tokens: ClassVar[tuple[str, ...]] = ("ADD",)
     prefix: ClassVar[str] = "add"
     keras_classes: ClassVar[tuple[str, ...]] = ("Add",)
@@ -100,7 +101,7 @@ class Subtract(_Merge):
     """x - y (exactly two operands)."""
 
     type: ClassVar[str] = "Subtract"
-    function: ClassVar[str] = "subtract"
+    kind: ClassVar[str] = "subtract"
     tokens: ClassVar[tuple[str, ...]] = ("SUBTRACT",)
     prefix: ClassVar[str] = "subtract"
     keras_classes: ClassVar[tuple[str, ...]] = ("Subtract",)
@@ -116,7 +117,7 @@ class Multiply(_Merge):
     """x * y (* ...): gates such as squeeze-and-excitation."""
 
     type: ClassVar[str] = "Multiply"
-    function: ClassVar[str] = "multiply"
+    kind: ClassVar[str] = "multiply"
     tokens: ClassVar[tuple[str, ...]] = ("MULTIPLY", "MUL")
     prefix: ClassVar[str] = "multiply"
     keras_classes: ClassVar[tuple[str, ...]] = ("Multiply",)
@@ -128,7 +129,7 @@ class Average(_Merge):
     """The mean of the inputs."""
 
     type: ClassVar[str] = "Average"
-    function: ClassVar[str] = "average"
+    kind: ClassVar[str] = "average"
     tokens: ClassVar[tuple[str, ...]] = ("AVERAGE",)
     prefix: ClassVar[str] = "average"
     keras_classes: ClassVar[tuple[str, ...]] = ("Average",)
@@ -140,7 +141,7 @@ class Maximum(_Merge):
     """The element-wise maximum of the inputs."""
 
     type: ClassVar[str] = "Maximum"
-    function: ClassVar[str] = "maximum"
+    kind: ClassVar[str] = "maximum"
     tokens: ClassVar[tuple[str, ...]] = ("MAXIMUM",)
     prefix: ClassVar[str] = "maximum"
     keras_classes: ClassVar[tuple[str, ...]] = ("Maximum",)
@@ -152,7 +153,7 @@ class Minimum(_Merge):
     """The element-wise minimum of the inputs."""
 
     type: ClassVar[str] = "Minimum"
-    function: ClassVar[str] = "minimum"
+    kind: ClassVar[str] = "minimum"
     tokens: ClassVar[tuple[str, ...]] = ("MINIMUM",)
     prefix: ClassVar[str] = "minimum"
     keras_classes: ClassVar[tuple[str, ...]] = ("Minimum",)
