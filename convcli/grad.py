@@ -1052,8 +1052,8 @@ def conv2d_transpose_backward(
     dh, dw = _pair(dilation, (1, 1), "dilation")
     oph, opw = (None, None) if output_padding is None else _pair_any(output_padding)
     # Keras' output size and crop, exactly as the forward computes them
-    oh = ops._conv_transpose_output_length(h, fh, sh, padding, oph, dh)
-    ow = ops._conv_transpose_output_length(w, fw, sw, padding, opw, dw)
+    oh = geometry.conv_transpose_output_length(h, fh, sh, padding, oph, dh)
+    ow = geometry.conv_transpose_output_length(w, fw, sw, padding, opw, dw)
     top = ops._conv_transpose_crop(fh, sh, padding, oph, dh)
     left = ops._conv_transpose_crop(fw, sw, padding, opw, dw)
     g = _array(grad, dtype, 4, "conv2d_transpose_backward")

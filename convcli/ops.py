@@ -157,11 +157,12 @@ def resolve_padding(
 
 
 def _out_length(n: int, kernel: int, stride: int, what: str) -> int:
-    """Windows of ``kernel`` at ``stride`` inside ``n`` (the last partial window is dropped,
-    as in Keras and PyTorch)."""
-    if n < kernel:
-        raise ShapeError(f"{what}: the window of size {kernel} is larger than the (padded) input of size {n}")
-    return (n - kernel) // stride + 1
+    """Windows of ``kernel`` at ``stride`` inside the (padded) length ``n``; the last partial
+    window is dropped, as in Keras and PyTorch (the arithmetic is geometry's)."""
+    try:
+        return geometry.conv_output_length(n, kernel, stride, 0, floor=True)
+    except ShapeError as exc:
+        raise ShapeError(f"{what}: {exc}") from None
 
 
 def _chunks(
@@ -913,27 +914,6 @@ def separable_conv2d(
     return conv2d(middle, pointwise, bias, activation=activation, alpha=alpha)
 
 
-def _conv_transpose_output_length(
-    n: int, kernel: int, stride: int, padding: str, output_padding: int | None = None, dilation: int = 1
-) -> int:
-    """Keras 3's transposed-convolution output length (``compute_conv_transpose_output_shape``
-    in keras/src/backend/common/backend_utils.py). With the dilated extent
-    eff = (kernel - 1) * dilation + 1:
-
-    - valid: (n - 1) * stride + max(eff, stride), or (n - 1) * stride + eff + output_padding
-    - same: n * stride, or (n - 1) * stride + eff % 2 + output_padding
-
-    >>> _conv_transpose_output_length(7, 3, 2, "valid"), _conv_transpose_output_length(7, 3, 2, "same")
-    (15, 14)
-    >>> _conv_transpose_output_length(7, 3, 2, "same", output_padding=1)
-    14
-    """
-    eff = geometry.effective_kernel(kernel, dilation)
-    if padding == "valid":
-        return (n - 1) * stride + (max(eff, stride) if output_padding is None else eff + output_padding)
-    return n * stride if output_padding is None else (n - 1) * stride + eff % 2 + output_padding
-
-
 def _conv_transpose_crop(kernel: int, stride: int, padding: str, output_padding: int | None, dilation: int) -> int:
     """Positions of the full scatter output ((n - 1) * stride + eff long) that lie before
     Keras' first output: eff - 1 minus the left padding of the equivalent dilated
@@ -968,7 +948,7 @@ def conv2d_transpose(
         bias: (K,) or None.
         padding: "valid" or "same"; output_padding: None or per-axis integers smaller
             than the stride (Keras' rule); the output size is
-            :func:`_conv_transpose_output_length`.
+            :func:`convcli.geometry.conv_transpose_output_length`.
 
     Returns:
         float32 (N, OH, OW, K).
@@ -1014,8 +994,8 @@ def conv2d_transpose(
                 f"Received: output_padding={output_padding!r}, strides={(sh, sw)}"
             )
     bias_ = _bias(bias, (k,), "conv2d_transpose")
-    oh = _conv_transpose_output_length(h, fh, sh, padding, oph, dh)
-    ow = _conv_transpose_output_length(w, fw, sw, padding, opw, dw)
+    oh = geometry.conv_transpose_output_length(h, fh, sh, padding, oph, dh)  # type: ignore[arg-type]
+    ow = geometry.conv_transpose_output_length(w, fw, sw, padding, opw, dw)  # type: ignore[arg-type]
     top = _conv_transpose_crop(fh, sh, padding, oph, dh)
     left = _conv_transpose_crop(fw, sw, padding, opw, dw)
     full_h = max((h - 1) * sh + geometry.effective_kernel(fh, dh), top + oh)
@@ -1347,7 +1327,8 @@ def _pool_geometry(
     if padding == "same":
         top, bottom = geometry.same_padding(h, pool_size[0], strides[0])
         left, right = geometry.same_padding(w, pool_size[1], strides[1])
-        return (top, bottom, left, right), -(-h // strides[0]), -(-w // strides[1])
+        oh = geometry.conv_output_length(h, pool_size[0], strides[0], "same")
+        return (top, bottom, left, right), oh, geometry.conv_output_length(w, pool_size[1], strides[1], "same")
     oh = _out_length(h, pool_size[0], strides[0], what + " height")
     ow = _out_length(w, pool_size[1], strides[1], what + " width")
     return (0, 0, 0, 0), oh, ow

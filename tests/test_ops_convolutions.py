@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convcli import ops
+from convcli import geometry, ops
 from convcli.errors import ShapeError
 from tests.oracles import (
     conv2d_naive,
@@ -194,7 +194,7 @@ def test_depthwise_errors() -> None:
         ops.depthwise_conv2d(x, np.zeros((3, 3, 2, 1), np.float32))
     with pytest.raises(ShapeError, match=r"bias must have shape \(6,\)"):
         ops.depthwise_conv2d(x, np.zeros((3, 3, 3, 2), np.float32), np.zeros(3, np.float32))
-    with pytest.raises(ShapeError, match="window of size 7 is larger"):
+    with pytest.raises(ShapeError, match="kernel of size 7 is larger"):
         ops.depthwise_conv2d(x, np.zeros((7, 7, 3, 1), np.float32))
 
 
@@ -253,7 +253,7 @@ def test_separable_errors() -> None:
 ])
 def test_conv_transpose_output_length(n, f, s, padding, output_padding, d, expected) -> None:
     assert conv_transpose_length_naive(n, f, s, padding, output_padding, d) == expected
-    assert ops._conv_transpose_output_length(n, f, s, padding, output_padding, d) == expected
+    assert geometry.conv_transpose_output_length(n, f, s, padding, output_padding, d) == expected
 
 
 TRANSPOSE_CASES = [
