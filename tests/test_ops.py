@@ -186,7 +186,7 @@ def test_conv2d_errors_name_the_shapes() -> None:
     x = np.zeros((1, 5, 5, 3), np.float32)
     with pytest.raises(ShapeError, match=r"\(F_h, F_w, 3, K\).*\(3, 3, 2, 4\)"):
         ops.conv2d(x, np.zeros((3, 3, 2, 4), np.float32))
-    with pytest.raises(ShapeError, match="kernel of size 7 is larger than the \\(padded\\) input of size 5"):
+    with pytest.raises(ShapeError, match="kernel of size 7 is larger than the padded input of size 5"):
         ops.conv2d(x, np.zeros((7, 7, 3, 1), np.float32))
     with pytest.raises(ShapeError, match=r"\(N, H, W, C\).*\(5, 5, 3\)"):
         ops.conv2d(x[0], np.zeros((3, 3, 3, 1), np.float32))
