@@ -243,13 +243,23 @@ and into whose weights a following batch norm folds."""
 
 
 class _Step(NamedTuple):
-    """One computation of the pass: a layer, its weights (a batch norm folded in), the
+    """One computation of the pass: a layer, the batch norm folded into its weights, the
     activation fused into it, and the name its result goes by (the last layer it stands for)."""
 
     node: L.Node
-    weights: dict[str, np.ndarray]
+    batch_norm: L.Node | None
     activation: L.Activation | None
     output: str
+
+    def weights(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The layer's weights, the batch norm folded in (made when the step runs, so only
+        one layer's folded copy exists at a time)."""
+        weights = _layer_weights(params, self.node)
+        if self.batch_norm is None:
+            return weights
+        bn = self.batch_norm.layer
+        assert isinstance(bn, L.BatchNormalization)
+        return _fold_batch_norm(self.node.layer, weights, bn, _layer_weights(params, self.batch_norm))
 
 
 def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.BatchNormalization,
@@ -278,7 +288,7 @@ def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.Batch
     return {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in folded.items()}
 
 
-def _plan(model: L.Model, params: Mapping[str, np.ndarray], fuse: bool) -> list[_Step]:
+def _plan(model: L.Model, fuse: bool) -> list[_Step]:
     """The steps of the pass. With ``fuse``, a batch norm whose input is a conv or dense
     layer's output (its only reader) is folded into that layer's weights, and an Activation
     reading only that result is applied on each output chunk (not glu: it changes the shape)."""
@@ -298,13 +308,13 @@ def _plan(model: L.Model, params: Mapping[str, np.ndarray], fuse: bool) -> list[
         layer = node.layer
         if layer.name in absorbed:
             continue
-        weights = _layer_weights(params, node)
+        batch_norm: L.Node | None = None
         activation: L.Activation | None = None
         output = layer.name
         if fuse and isinstance(layer, _FUSABLE) and layer.activation is None:
             following = only_reader(output)
             if following is not None and isinstance(following.layer, L.BatchNormalization):
-                weights = _fold_batch_norm(layer, weights, following.layer, _layer_weights(params, following))
+                batch_norm = following
                 absorbed.add(following.layer.name)
                 output = following.layer.name
                 following = only_reader(output)
@@ -313,7 +323,7 @@ def _plan(model: L.Model, params: Mapping[str, np.ndarray], fuse: bool) -> list[
                 activation = following.layer
                 absorbed.add(activation.name)
                 output = activation.name
-        steps.append(_Step(node, weights, activation, output))
+        steps.append(_Step(node, batch_norm, activation, output))
     return steps
 
 
@@ -353,6 +363,8 @@ def run(
             f"the model expects inputs of shape {_shape_text(expected)} (a batch: (N, "
             f"{', '.join(str(n) for n in expected)})). Received: an array of shape {_shape_text(x.shape)}"
         )
+    for node in nodes:  # every parameter must be there before any work is done
+        _layer_weights(params, node)
     generator = rng if rng is not None else np.random.default_rng(seed)
     output = model.output_name
     readers: dict[str, int] = {output: 1}
@@ -361,7 +373,7 @@ def run(
             readers[source] = readers.get(source, 0) + 1
     values: dict[str, np.ndarray] = {model.input_name: x}
     owned: set[str] = set()  # arrays made here, which an in-place activation may overwrite
-    for step in _plan(model, params, fuse=on_layer is None):
+    for step in _plan(model, fuse=on_layer is None):
         node, layer = step.node, step.node.layer
         xs = [values[source] for source in node.inputs]
         inplace = (
@@ -374,7 +386,7 @@ def run(
             alpha=step.activation.alpha if step.activation else None,
         )
         start = time.perf_counter()
-        out = layer.forward(step.weights, xs, ctx)
+        out = layer.forward(step.weights(params), xs, ctx)
         if on_layer is not None:
             on_layer(layer, out, time.perf_counter() - start)
         values[step.output] = out
