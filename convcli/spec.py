@@ -873,6 +873,8 @@ def load_model(source: str, input_shape: tuple[int, ...] | None = None) -> L.Mod
     if lowered.endswith((".toml", ".json", ".keras", ".h5", ".hdf5")):
         path = Path(source)
         if not _is_file(path):
+            if _is_folder(path):
+                raise InputError(f"model file {source} is a folder, expected a .toml, Keras .json, .keras or .h5 file")
             raise InputError(f"model file {source} does not exist")
         if lowered.endswith(".toml"):
             return load_toml(path)
@@ -887,6 +889,14 @@ def load_model(source: str, input_shape: tuple[int, ...] | None = None) -> L.Mod
     if "(" not in source and _is_file(Path(source)):
         raise InputError(f"model file {source}: expected a .toml, a Keras .json, .keras or .h5 file")
     return parse_arrow(source)
+
+
+def _is_folder(path: Path) -> bool:
+    """``path.is_dir()``, False where the system refuses the name."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _is_file(path: Path) -> bool:

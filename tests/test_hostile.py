@@ -57,6 +57,7 @@ def build_corpus(folder: Path) -> None:
     (folder / "latin1.toml").write_bytes('input = [6, 6, 1]  # café\n'.encode("latin-1"))
     (folder / "latin1.txt").write_bytes("1 2 1 # é".encode("latin-1"))
     (folder / "afile").write_bytes(b"a regular file, not a folder")
+    (folder / "folder.toml").mkdir()
     (folder / "out.png").write_bytes(OLD)
     (folder / "out.npy").write_bytes(OLD)
 
@@ -85,6 +86,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("summary-deep-toml", ["summary", "deep.toml"], "deep.toml"),
     ("summary-deep-json", ["summary", "deep.json"], "deep.json"),
     ("summary-latin1", ["summary", "latin1.toml"], "not UTF-8"),
+    ("summary-folder", ["summary", "folder.toml"], "folder.toml is a folder"),
     ("loss-lying-npy", ["loss", "mse", "--true", "liar.npy", "--pred", "1"], "declares shape"),
     ("loss-pickle", ["loss", "mse", "--true", "objects.npy", "--pred", "1"], "pickle"),
     ("explain-at-superscript", ["explain", CAMERA, "--at", "²,1", "-k", "box3"], "--at"),
