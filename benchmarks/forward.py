@@ -257,9 +257,7 @@ def _setup(case: str, framework: str, threads: int) -> tuple[Any, Any, Any]:
     import numpy as np
 
     from convcli import forward
-    from convcli.spec import parse_arrow
-
-    from convcli.spec import load_model
+    from convcli.spec import load_model, parse_arrow
 
     if case in KERAS_CASES:
         app, batch = KERAS_CASES[case]

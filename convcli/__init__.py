@@ -33,7 +33,10 @@ _API = (
     "conv_output_size", "correlate", "filter_chain", "load_kernel", "load_model", "loss", "run", "summary",
 )
 
-__all__ = ["ConvcliError", "__version__", *_API]
+__all__ = [
+    "ConvcliError", "__version__",
+    "conv_output_size", "correlate", "filter_chain", "load_kernel", "load_model", "loss", "run", "summary",
+]
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the API loads on first use

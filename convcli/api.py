@@ -19,19 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from convcli.errors import InputError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from convcli.geometry import Padding
     from convcli.kernels import GradientPair, Kernel
     from convcli.layers import Model
     from convcli.summary import Summary
 
-    KernelLike = Union[str, Kernel, GradientPair, "np.ndarray", Sequence[Sequence[float]],
-                       tuple["np.ndarray", "np.ndarray"]]
+    KernelLike: TypeAlias = str | Kernel | GradientPair | np.ndarray | Sequence[Sequence[float]] | tuple[np.ndarray, np.ndarray]
 
 __all__ = [
     "conv_output_size", "correlate", "filter_chain", "load_kernel", "load_model", "loss", "run", "summary",
@@ -85,7 +85,7 @@ def _check_fits(shape: tuple[int, ...], name: str, weights: Any, padding: int | 
     sizes = []
     for axis, n, f in (("height", shape[0], first.shape[0]), ("width", shape[1], first.shape[1])):
         try:
-            sizes.append(conv_output_length(n, f, stride, padding))
+            sizes.append(conv_output_length(n, f, stride, cast("Padding", padding)))
         except ShapeError as exc:
             raise ShapeError(f"kernel {name} ({first.shape[0]}x{first.shape[1]}) on an image {axis} of {n}: {exc}") from None
     return sizes[0], sizes[1]
@@ -197,7 +197,7 @@ def conv_output_size(
     for key, value in (("size", size), ("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if value < 1:
             raise ShapeError(f"{key} must be a positive integer. Received: {key}={value}")
-    return conv_output_length(size, kernel_size, stride, padding, dilation)
+    return conv_output_length(size, kernel_size, stride, cast("Padding", padding), dilation)
 
 
 def load_model(source: str | Path, input_shape: Sequence[int] | None = None) -> Model:

@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -390,7 +390,7 @@ def plan(weights: np.ndarray, shape: tuple[int, ...], method: Method = "auto") -
         }
         if 0 < len(cols) <= _MAX_TERMS:
             candidates["separable"] = _cost("separable", tuple(shape), w, (cols, rows))
-        method = min(candidates, key=candidates.__getitem__)  # type: ignore[assignment]
+        method = min(candidates, key=candidates.__getitem__)  # type: ignore[assignment, arg-type]
     if method == "separable":
         return Plan("separable", w, tuple(cols), tuple(rows))
     return Plan(method, w)  # type: ignore[arg-type]
@@ -1070,7 +1070,7 @@ def gradient_magnitude(
     kernels (Sobel, Prewitt, Scharr) both gradients and the magnitude are made strip by
     strip, without full-size intermediate arrays.
     """
-    options = {
+    options: dict[str, Any] = {
         "mode": mode,
         "cval": cval,
         "padding": padding,
@@ -1119,7 +1119,7 @@ def filter_chain(
     if len(steps) == 0:
         raise KernelError("The filter chain is empty: give at least one kernel")
     x = _check_image(image)
-    options = {
+    options: dict[str, Any] = {
         "mode": mode,
         "cval": cval,
         "padding": padding,

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from convcli import layers as L
-from convcli import ops
 from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
 __all__ = [
@@ -220,7 +219,7 @@ def save_weights(params: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write ``params`` as a ``.npz`` archive, atomically (temporary file + rename): an
     existing file is replaced only once the new one is complete."""
     arrays = {key: np.asarray(value, np.float32) for key, value in params.items()}
-    _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), "--save-weights")
+    _atomic_write(Path(path), lambda stream: np.savez(stream, **arrays), "--save-weights")  # type: ignore[arg-type]
 
 
 def _layer_weights(params: Mapping[str, np.ndarray], node: L.Node) -> dict[str, np.ndarray]:
@@ -682,6 +681,6 @@ def save_feature_maps(
     for stem, title, array in maps:
         image = feature_map_grid(array, title)
         path = folder / f"{stem}.png"
-        _atomic_write(path, lambda stream, image=image: image.save(stream, format="PNG"), "--save-maps")  # type: ignore[attr-defined]
+        _atomic_write(path, lambda stream, image=image: image.save(stream, format="PNG"), "--save-maps")  # type: ignore[attr-defined, misc]
         written.append(path)
     return written

@@ -8,7 +8,6 @@ carrying the fraction, as the lecture's W=10, F=3, P=0, S=2 example (4.5) does.
 from __future__ import annotations
 
 import math
-
 from fractions import Fraction
 from typing import Literal
 

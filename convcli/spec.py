@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from convcli import layers as L
-from convcli.errors import ConvcliError, InputError, ModelError, ShapeError
+from convcli.errors import ConvcliError, InputError, ModelError
 
 __all__ = ["load_model", "parse_arrow", "load_toml", "load_keras_json", "keras_model", "TOKENS", "KERAS_CLASSES"]
 
@@ -741,7 +741,7 @@ class _KerasReader:
             if constants:
                 if not isinstance(layer, L.base.Layer) or not hasattr(layer, "constant") or len(constants) > 1:
                     raise L.Unsupported(f"{keras_class} with constant operands")
-                layer = dataclasses.replace(layer, constant=constants[0][1], constant_index=constants[0][0])
+                layer = dataclasses.replace(layer, constant=constants[0][1], constant_index=constants[0][0])  # type: ignore[call-arg]
             _connect(layer, tensors)
             if shares is not None:
                 object.__setattr__(layer, "shares", shares)

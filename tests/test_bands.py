@@ -523,7 +523,7 @@ def test_inputs_from_pipes_are_read_whole(tmp_path: Path) -> None:
     for payload, out in ((buffer.getvalue(), "out.npy"), (png.getvalue(), "out.png")):
         fifo = tmp_path / "in.fifo"
         os.mkfifo(fifo)
-        writer = threading.Thread(target=lambda p=payload: fifo.write_bytes(p))
+        writer = threading.Thread(target=lambda p=payload, f=fifo: f.write_bytes(p))
         writer.start()
         done = run_convcli("filter", str(fifo), "-k", "box3", "-o", str(tmp_path / out))
         writer.join()

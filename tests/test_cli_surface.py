@@ -28,7 +28,8 @@ def test_short_version_flag(cli) -> None:
         assert result.exit_code == 0 and result.stdout == f"convcli {__version__}\n"
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+# every registered command, a new one included
+@pytest.mark.parametrize("command", [*COMMANDS, *sorted(set(_click_commands()) - set(COMMANDS))])
 def test_help_ends_with_two_to_four_examples(command: str) -> None:
     proc = run_convcli(command, "--help")
     assert proc.returncode == 0

@@ -19,9 +19,9 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from convcli import keras_files
-from convcli.errors import ConvcliError, InputError
-from convcli.keras_files import KerasFile, read_keras_model, read_keras_weights
+from convcli import keras_files  # noqa: E402 (after the h5py skip)
+from convcli.errors import ConvcliError, InputError  # noqa: E402 (after the h5py skip)
+from convcli.keras_files import KerasFile, read_keras_model, read_keras_weights  # noqa: E402 (after the h5py skip)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "keras"
 SMALL = FIXTURES / "small"

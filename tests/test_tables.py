@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+
 import pytest
 from rich.console import Console
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-from convcli.cli._app import app, fail
 from convcli.cli import (  # noqa: F401  (importing a module registers its commands)
     cmd_explain,
     cmd_filter,
@@ -18,6 +17,7 @@ from convcli.cli import (  # noqa: F401  (importing a module registers its comma
     cmd_shapes,
     cmd_summary,
 )
+from convcli.cli._app import app, fail
 
 __all__ = ["app", "fail", "main"]
 

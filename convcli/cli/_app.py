@@ -116,7 +116,7 @@ class _Group(TyperGroup):
         from typer._click.exceptions import ClickException
 
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except ClickException as exc:
             if not standalone_mode:
                 raise

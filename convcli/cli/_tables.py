@@ -13,7 +13,7 @@ The layout lives in :mod:`convcli.tables` (pure Python). Here:
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.text import Text

@@ -105,7 +105,7 @@ def output_size(
         lengths = []
         for axis, n, f in (("height", height, step.shape[0]), ("width", width, step.shape[1])):
             try:
-                lengths.append(conv_output_length(n, f, stride, padding))
+                lengths.append(conv_output_length(n, f, stride, padding))  # type: ignore[arg-type]
             except ShapeError as exc:
                 hint = ""
                 if isinstance(padding, int) or padding == "valid":
@@ -209,18 +209,18 @@ def plan_jobs(
     taken: dict[Path, str] = {}
     for source in sources:
         src = Path(source)
-        dest = out_dir / (src.stem + suffix if suffix else src.name)
-        output_format(dest, None)
-        key = dest.resolve()
+        dest_path = out_dir / (src.stem + suffix if suffix else src.name)
+        output_format(dest_path, None)
+        key = dest_path.resolve()
         if key == src.resolve():
             raise InputError(
                 f"--out-dir '{out_dir}' holds the input '{src}': the result would overwrite it; "
                 "choose another folder"
             )
         if key in taken:
-            raise InputError(f"'{taken[key]}' and '{source}' would both be written to '{dest}'")
+            raise InputError(f"'{taken[key]}' and '{source}' would both be written to '{dest_path}'")
         taken[key] = source
-        jobs.append(Job(source, str(dest)))
+        jobs.append(Job(source, str(dest_path)))
     return jobs
 
 
@@ -339,7 +339,7 @@ def filter_one(
         [step.weights for step in steps],
         mode=options.mode,
         cval=options.cval,
-        padding=options.padding,
+        padding=options.padding,  # type: ignore[arg-type]
         stride=options.stride,
         workers=workers,
     )

@@ -125,7 +125,6 @@ def _show_kernel(kernel: Kernel, overrides: bool) -> None:
     from rich.markup import escape
 
     from convcli.cli._tables import print_table
-
     from convcli.kernels import format_number
 
     out_console.print(f"[bold]{escape(kernel.name)}[/]: {escape(kernel.description)}")

@@ -245,7 +245,6 @@ def run_command(
 ) -> None:
     """Run a model forward on images or arrays: per-layer shapes, timings, statistics, top classes."""
     started = time.perf_counter()
-    from rich.markup import escape
 
     from convcli import forward
     from convcli.cli._models import read_model

@@ -67,4 +67,4 @@ def summary_command(
     floored = [row for row in summary.rows if row.note]
     if floored:
         out_console.print("Sizes floored as Keras does (the windows do not fit exactly):", highlight=False)
-        print_pairs([(f"  {row.name}:", row.note) for row in floored], out_console, label_style="", align=False)
+        print_pairs([(f"  {row.name}:", str(row.note)) for row in floored], out_console, label_style="", align=False)
