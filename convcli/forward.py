@@ -30,9 +30,8 @@ from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
 __all__ = [
     "FUSED_LEAKY_RELU_ALPHA",
-    "check_memory",
-    "params_from_keras",
     "LayerStats",
+    "check_memory",
     "fan_in",
     "feature_map_grid",
     "init_params",
@@ -41,6 +40,7 @@ __all__ = [
     "layer_stats",
     "load_inputs",
     "load_weights",
+    "params_from_keras",
     "run",
     "run_batches",
     "save_array",

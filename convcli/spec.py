@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from typing import Any
 
 from convcli import layers as L
 from convcli.errors import ConvcliError, InputError, ModelError
+from convcli.layers.merge import ElementwiseMerge
 
-__all__ = ["load_model", "parse_arrow", "load_toml", "load_keras_json", "keras_model", "TOKENS", "KERAS_CLASSES"]
+__all__ = ["KERAS_CLASSES", "TOKENS", "keras_model", "load_keras_json", "load_model", "load_toml", "parse_arrow"]
 
 Value = Any
 
@@ -235,7 +237,7 @@ def _parse_value(raw: str, where: str, text: str) -> Value:
     except ValueError:
         pass
     else:
-        if value == value and abs(value) != float("inf"):
+        if math.isfinite(value):
             return value
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
@@ -739,7 +741,7 @@ class _KerasReader:
                 raise ModelError("the config is not an object")
             layer = cls.from_keras(name, cfg, keras_class)
             if constants:
-                if not isinstance(layer, L.base.Layer) or not hasattr(layer, "constant") or len(constants) > 1:
+                if not isinstance(layer, ElementwiseMerge) or len(constants) > 1:
                     raise L.Unsupported(f"{keras_class} with constant operands")
                 layer = dataclasses.replace(layer, constant=constants[0][1], constant_index=constants[0][0])  # type: ignore[call-arg]
             _connect(layer, tensors)

@@ -30,7 +30,7 @@ def _shapes_text(shapes: Sequence[Shape]) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Merge(Layer):
+class ElementwiseMerge(Layer):
     """An element-wise join of two or more inputs (Keras broadcasting: a 1x1xD gate
     multiplies an HxWxD volume). ``constant`` is a number taking part as one more operand
     (Keras ops such as ``x + 3.0`` in MobileNetV3), at position ``constant_index``."""
@@ -85,7 +85,7 @@ class _Merge(Layer):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Add(_Merge):
+class Add(ElementwiseMerge):
     """x + y (+ ...): the residual connection."""
 
     type: ClassVar[str] = "Add"
@@ -97,7 +97,7 @@ class Add(_Merge):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Subtract(_Merge):
+class Subtract(ElementwiseMerge):
     """x - y (exactly two operands)."""
 
     type: ClassVar[str] = "Subtract"
@@ -113,7 +113,7 @@ class Subtract(_Merge):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Multiply(_Merge):
+class Multiply(ElementwiseMerge):
     """x * y (* ...): gates such as squeeze-and-excitation."""
 
     type: ClassVar[str] = "Multiply"
@@ -125,7 +125,7 @@ class Multiply(_Merge):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Average(_Merge):
+class Average(ElementwiseMerge):
     """The mean of the inputs."""
 
     type: ClassVar[str] = "Average"
@@ -137,7 +137,7 @@ class Average(_Merge):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Maximum(_Merge):
+class Maximum(ElementwiseMerge):
     """The element-wise maximum of the inputs."""
 
     type: ClassVar[str] = "Maximum"
@@ -149,7 +149,7 @@ class Maximum(_Merge):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class Minimum(_Merge):
+class Minimum(ElementwiseMerge):
     """The element-wise minimum of the inputs."""
 
     type: ClassVar[str] = "Minimum"
