@@ -59,8 +59,8 @@ def print_table(spec: TableSpec, console: Console, *, hint: str = "--json") -> N
     """Print ``spec`` on ``console``, fitted to its width; a note names the columns left out."""
     width = table_width(console)
     lines, left_out = render(spec, width, plain=is_plain(console))
-    for line in lines:
-        console.print(line, soft_wrap=True, overflow="ignore", crop=False)
+    # one print for the whole table (rich's per-call work dominated 800-row summaries)
+    console.print(Text("\n").join(lines), soft_wrap=True, overflow="ignore", crop=False)
     if left_out and not is_plain(console):  # a terminal can be widened; a pipe is for scripts
         from convcli.cli._app import note
 
