@@ -277,3 +277,12 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating(cli, tmp_path: 
     assert result.exit_code == 2
     assert "the model needs 372.5 GiB for its parameters and one batch of activations" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args", [("run", "INPUT(4,4,1) => RELU", "x\x00.npy"), ("filter", "samples/camera.png", "-k", "box3", "-o", "o\x00.png")]
+)
+def test_a_nul_byte_in_a_file_name_is_one_line(cli, args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert result.stderr == "error: a file name contains a NUL byte\n"
