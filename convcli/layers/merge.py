@@ -41,14 +41,6 @@ class ElementwiseMerge(Layer):
     kind: ClassVar[str] = ""
     """The ops.merge operation."""
 
-    @classmethod
-    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
-        return cls(name=name)
-
-    @classmethod
-    def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
-        return cls(name=name)
-
     def output_shape(self, *input_shapes: Shape) -> Shape:
         self._check_count(input_shapes)
         ranks = {len(s) for s in input_shapes}

@@ -28,20 +28,15 @@ def _last_axis(cfg: Mapping[str, Any], what: str, input_rank: int = 4) -> None:
         raise Unsupported(f"{what} over axis={axis} (only the channels axis, -1)")
 
 
-@register
 @dataclass(frozen=True, kw_only=True)
-class BatchNormalization(Layer):
-    """Batch normalisation over the last axis: gamma (``scale``), beta (``center``), moving
-    mean and variance (not trained)."""
+class _Normalizing(Layer):
+    """What batch and layer normalisation share: epsilon, and a learned scale (gamma) and
+    offset (beta) per channel that ``scale``/``center`` switch off."""
 
     epsilon: float = 1e-3
     center: bool = True
     scale: bool = True
-    type: ClassVar[str] = "BatchNormalization"
-    tokens: ClassVar[tuple[str, ...]] = ("BN",)
-    prefix: ClassVar[str] = "bn"
     keywords: ClassVar[tuple[str, ...]] = ("epsilon", "center", "scale")
-    keras_classes: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
 
     @classmethod
     def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
@@ -51,7 +46,7 @@ class BatchNormalization(Layer):
 
     @classmethod
     def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
-        _last_axis(cfg, "BatchNormalization")
+        _last_axis(cfg, keras_class)
         return cls(name=name, epsilon=read_float("epsilon", cfg.get("epsilon", 1e-3)),
                    center=read_bool("center", cfg.get("center", True)),
                    scale=read_bool("scale", cfg.get("scale", True)))
@@ -63,9 +58,23 @@ class BatchNormalization(Layer):
             shapes["gamma"] = (d,)
         if self.center:
             shapes["beta"] = (d,)
-        shapes["moving_mean"] = (d,)
-        shapes["moving_variance"] = (d,)
         return shapes
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class BatchNormalization(_Normalizing):
+    """Batch normalisation over the last axis: gamma (``scale``), beta (``center``), moving
+    mean and variance (not trained)."""
+
+    type: ClassVar[str] = "BatchNormalization"
+    tokens: ClassVar[tuple[str, ...]] = ("BN",)
+    prefix: ClassVar[str] = "bn"
+    keras_classes: ClassVar[tuple[str, ...]] = ("BatchNormalization",)
+
+    def param_shapes(self, *input_shapes: Shape) -> dict[str, Shape]:
+        d = input_shapes[0][-1]
+        return {**super().param_shapes(*input_shapes), "moving_mean": (d,), "moving_variance": (d,)}
 
     def trainable_params(self, *input_shapes: Shape) -> int:
         return input_shapes[0][-1] * (int(self.scale) + int(self.center))
@@ -77,41 +86,19 @@ class BatchNormalization(Layer):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class LayerNormalization(Layer):
+class LayerNormalization(_Normalizing):
     """Normalises each position over its channels (ConvNeXt): gamma and beta per channel."""
 
-    epsilon: float = 1e-3
-    center: bool = True
-    scale: bool = True
     type: ClassVar[str] = "LayerNormalization"
     tokens: ClassVar[tuple[str, ...]] = ("LN", "LAYERNORM")
     prefix: ClassVar[str] = "ln"
-    keywords: ClassVar[tuple[str, ...]] = ("epsilon", "center", "scale")
     keras_classes: ClassVar[tuple[str, ...]] = ("LayerNormalization",)
 
     @classmethod
-    def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
-        return cls(name=name, epsilon=read_float("epsilon", args.get("epsilon", 1e-3)),
-                   center=read_bool("center", args.get("center", True)),
-                   scale=read_bool("scale", args.get("scale", True)))
-
-    @classmethod
     def from_keras(cls, name: str, cfg: Mapping[str, Any], keras_class: str) -> Layer:
-        _last_axis(cfg, "LayerNormalization")
         if cfg.get("rms_scaling"):
             raise Unsupported("LayerNormalization with rms_scaling=true")
-        return cls(name=name, epsilon=read_float("epsilon", cfg.get("epsilon", 1e-3)),
-                   center=read_bool("center", cfg.get("center", True)),
-                   scale=read_bool("scale", cfg.get("scale", True)))
-
-    def param_shapes(self, *input_shapes: Shape) -> dict[str, Shape]:
-        d = input_shapes[0][-1]
-        shapes: dict[str, Shape] = {}
-        if self.scale:
-            shapes["gamma"] = (d,)
-        if self.center:
-            shapes["beta"] = (d,)
-        return shapes
+        return super().from_keras(name, cfg, keras_class)
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().layer_norm(xs[0], weights.get("gamma"), weights.get("beta"), epsilon=self.epsilon)
