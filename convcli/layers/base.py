@@ -319,6 +319,31 @@ class Layer:
         """This layer's computation on a batch (inputs ``xs``, weights by parameter name)."""
         return xs[0]
 
+    # training
+    has_backward: ClassVar[bool] = False
+    """True when the layer type has a backward pass (training refuses the others by name)."""
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        """The training forward: the output and what :meth:`backward` needs besides the
+        inputs and the output (default: the inference forward, nothing saved)."""
+        return self.forward(weights, xs, ctx), None
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        """Gradients of the loss for each input (None where ``need_input`` is False and the
+        layer can skip it) and for each trainable parameter by name, given ``grad``, the
+        gradient of the output."""
+        raise ModelError(f"layer '{self.name}' ({self.type}) has no backward pass: it cannot be trained yet")
+
+    def train_updates(self, saved: Any) -> dict[str, np.ndarray]:
+        """Non-trainable parameters a training step sets (batch norm's moving averages)."""
+        return {}
+
+    def frozen_params(self) -> tuple[str, ...]:
+        """Parameters the optimizer leaves alone (batch norm's moving statistics)."""
+        return ()
+
 
 L_ = TypeVar("L_", bound=type[Layer])
 
@@ -347,6 +372,36 @@ class Registry:
 
 REGISTRY = Registry()
 register: Callable[[L_], L_] = REGISTRY.register
+
+
+class Gradients(NamedTuple):
+    """What a layer's backward returns."""
+
+    inputs: list[Any]
+    """One gradient per input (None: not computed)."""
+    params: dict[str, Any]
+    """The gradient of each trainable parameter, by parameter name."""
+
+
+def grads() -> Any:
+    """The backward kernels (imported on first use, as :func:`ops`)."""
+    from convcli import grad as module
+
+    return module
+
+
+def activate_train(z: np.ndarray, name: str | None, alpha: float | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A fused activation in training: (its output, the pre-activation kept for the backward)."""
+    if name is None:
+        return z, None
+    return ops().activate(z, name, alpha), z
+
+
+def activation_grad(name: str | None, alpha: float | None, z: np.ndarray | None, grad: np.ndarray) -> np.ndarray:
+    """The gradient before a fused activation, from the kept pre-activation ``z``."""
+    if name is None:
+        return grad
+    return grads().activation_backward(name, grad, x=z, alpha=alpha)  # type: ignore[no-any-return]
 
 
 def ops() -> Any:

@@ -12,6 +12,7 @@ from convcli import geometry
 from convcli.errors import ModelError, ShapeError
 from convcli.layers.base import (
     Context,
+    Gradients,
     Layer,
     PaddingSpec,
     Shape,
@@ -19,8 +20,11 @@ from convcli.layers.base import (
     Unsupported,
     Value,
     Window,
+    activate_train,
+    activation_grad,
     axis_padding,
     check_channels_last,
+    grads,
     keras_same_or_valid,
     ops,
     read_activation,
@@ -208,6 +212,22 @@ class Conv2D(_Windowed):
         kwargs: dict[str, Any] = {"groups": self.groups} if self.groups != 1 else {}
         return ops().conv2d(xs[0], weights["kernel"], weights.get("bias"), **self._geometry(xs[0]),
                             activation=function, alpha=alpha, **kwargs)
+
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        if self.groups != 1:
+            raise ModelError(f"layer '{self.name}' (Conv2D with groups={self.groups}) has no backward pass: it cannot be trained yet")
+        z = ops().conv2d(xs[0], weights["kernel"], weights.get("bias"), **self._geometry(xs[0]))
+        return activate_train(z, self.activation, fused_alpha(self.activation))
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
+        dx, dkernel, dbias = grads().conv2d_backward(xs[0], weights["kernel"], g, **self._geometry(xs[0]),
+                                                     use_bias=self.use_bias, input_gradient=need_input)
+        return Gradients([dx], _kernel_bias(dkernel, dbias))
 
 
 @register
@@ -474,6 +494,27 @@ class LocallyConnected2D(_Windowed):
         return ops().locally_connected2d(xs[0], weights["kernel"], weights.get("bias"),
                                          kernel_size=self.kernel_size, strides=self.strides,
                                          activation=function, alpha=alpha)
+
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        z = ops().locally_connected2d(xs[0], weights["kernel"], weights.get("bias"),
+                                      kernel_size=self.kernel_size, strides=self.strides)
+        return activate_train(z, self.activation, fused_alpha(self.activation))
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
+        dx, dkernel, dbias = grads().locally_connected2d_backward(
+            xs[0], weights["kernel"], g, kernel_size=self.kernel_size, strides=self.strides,
+            use_bias=self.use_bias, input_gradient=need_input)
+        return Gradients([dx], _kernel_bias(dkernel, dbias))
+
+
+def _kernel_bias(dkernel: np.ndarray, dbias: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The parameter gradients of a layer with a kernel and an optional bias."""
+    return {"kernel": dkernel} if dbias is None else {"kernel": dkernel, "bias": dbias}
 
 
 def check_positive(name: str, **values: int | tuple[int, ...]) -> None:

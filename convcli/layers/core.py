@@ -11,11 +11,15 @@ from convcli.errors import ModelError, ShapeError
 from convcli.layers.base import (
     ACTIVATIONS,
     Context,
+    Gradients,
     Layer,
     Shape,
     Spatial,
     Unsupported,
     Value,
+    activate_train,
+    activation_grad,
+    grads,
     ops,
     read_activation,
     read_bool,
@@ -91,6 +95,25 @@ class Dense(Layer):
         out = ops().dense(flat, weights["kernel"], weights.get("bias"), activation=function, alpha=alpha)
         return out.reshape(*x.shape[:-1], self.units) if x.ndim != 2 else out
 
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        x = xs[0]
+        z = ops().dense(x.reshape(-1, x.shape[-1]), weights["kernel"], weights.get("bias"))
+        out, saved = activate_train(z, self.activation, fused_alpha(self.activation))
+        return out.reshape(*x.shape[:-1], self.units), saved
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        x = xs[0]
+        g = grad.reshape(-1, self.units)
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, g)
+        dx, dkernel, dbias = grads().dense_backward(x.reshape(-1, x.shape[-1]), weights["kernel"], g,
+                                                    use_bias=self.use_bias, input_gradient=need_input)
+        found = {"kernel": dkernel} if dbias is None else {"kernel": dkernel, "bias": dbias}
+        return Gradients([None if dx is None else dx.reshape(x.shape)], found)
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +131,12 @@ class Flatten(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return xs[0].reshape(len(xs[0]), -1)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().flatten_backward(xs[0].shape, grad)], {})
 
 
 @register
@@ -139,6 +168,23 @@ class Dropout(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().dropout(xs[0], self.rate, training=ctx.train_dropout, rng=ctx.rng)
 
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        import numpy as np
+
+        if self.rate == 0.0 or ctx.rng is None:
+            return xs[0], None
+        mask = grads().dropout_mask(xs[0].shape, self.rate, ctx.rng)
+        return xs[0] * mask * np.float32(1.0 / (1.0 - self.rate)), mask
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        if saved is None:
+            return Gradients([grad], {})
+        return Gradients([grads().dropout_backward(grad, saved, self.rate)], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +195,11 @@ class Identity(Layer):
     tokens: ClassVar[tuple[str, ...]] = ("IDENTITY",)
     prefix: ClassVar[str] = "identity"
     keras_classes: ClassVar[tuple[str, ...]] = ("Identity", "StochasticDepth")
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grad], {})
 
 
 _TOKEN_FUNCTIONS = {
@@ -237,6 +288,16 @@ class Activation(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().activate(xs[0], self.function, self.alpha, inplace=ctx.inplace)
 
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        return ops().activate(xs[0], self.function, self.alpha), None
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([activation_grad(self.function, self.alpha, xs[0], grad)], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -275,6 +336,14 @@ class ReLU(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().relu(xs[0], max_value=self.max_value, negative_slope=self.negative_slope,
                           threshold=self.threshold)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().relu_layer_backward(xs[0], grad, max_value=self.max_value,
+                                                      negative_slope=self.negative_slope,
+                                                      threshold=self.threshold)], {})
 
 
 def _floats(key: str, value: Any) -> float | tuple[float, ...]:

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from convcli.errors import ModelError, ShapeError
 from convcli.layers.base import (
     Context,
+    Gradients,
     Layer,
     Shape,
     Unsupported,
     Value,
+    grads,
     is_int,
     ops,
     read_float,
@@ -73,6 +75,14 @@ class ElementwiseMerge(Layer):
             shape = (len(xs[0]),) + (1,) * (xs[0].ndim - 1)
             operands.insert(self.constant_index, np.full(shape, self.constant, np.float32))
         return ops().merge(self.kind, operands)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        if self.constant is not None:
+            raise ModelError(f"layer '{self.name}' ({self.type} with a constant) has no backward pass: it cannot be trained yet")
+        return Gradients(grads().merge_backward(self.kind, xs, grad), {})
 
 
 @register
@@ -196,6 +206,12 @@ class Concatenate(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().merge("concatenate", xs, axis=self.axis)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients(grads().merge_backward("concatenate", xs, grad, axis=self._axis(xs[0].ndim - 1) + 1), {})
 
 
 @register

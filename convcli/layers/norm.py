@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from convcli.layers.base import (
     Context,
+    Gradients,
     Layer,
     Shape,
     Unsupported,
     Value,
+    grads,
     ops,
     read_bool,
     read_float,
@@ -82,6 +84,36 @@ class BatchNormalization(_Normalizing):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().batch_norm(xs[0], weights.get("gamma"), weights.get("beta"), weights["moving_mean"],
                                 weights["moving_variance"], self.epsilon)
+
+    has_backward: ClassVar[bool] = True
+    momentum: ClassVar[float] = 0.99
+    """Keras' moving-average momentum: moving = moving * momentum + batch * (1 - momentum)."""
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        import numpy as np
+
+        d = xs[0].shape[-1]
+        gamma = weights.get("gamma", np.ones(d, xs[0].dtype))
+        beta = weights.get("beta", np.zeros(d, xs[0].dtype))
+        return grads().batch_norm_train(xs[0], gamma, beta, weights["moving_mean"], weights["moving_variance"],
+                                        momentum=self.momentum, epsilon=self.epsilon)  # type: ignore[no-any-return]
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        dx, dgamma, dbeta = grads().batch_norm_backward(grad, saved)
+        found = {}
+        if self.scale:
+            found["gamma"] = dgamma
+        if self.center:
+            found["beta"] = dbeta
+        return Gradients([dx], found)
+
+    def train_updates(self, saved: Any) -> dict[str, np.ndarray]:
+        return {"moving_mean": saved.moving_mean, "moving_variance": saved.moving_variance}
+
+    def frozen_params(self) -> tuple[str, ...]:
+        return ("moving_mean", "moving_variance")
 
 
 @register

@@ -10,12 +10,14 @@ from convcli import geometry
 from convcli.errors import ModelError
 from convcli.layers.base import (
     Context,
+    Gradients,
     Layer,
     Shape,
     Spatial,
     Value,
     Window,
     check_channels_last,
+    grads,
     keras_same_or_valid,
     ops,
     read_bool,
@@ -122,6 +124,12 @@ class MaxPooling2D(_Pooling2D):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().max_pool2d(xs[0], self.pool_size, self._strides, self.padding)
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().max_pool2d_backward(xs[0], grad, self.pool_size, self._strides, self.padding)], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +144,13 @@ class AveragePooling2D(_Pooling2D):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().avg_pool2d(xs[0], self.pool_size, self._strides, self.padding)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().avg_pool2d_backward(xs[0].shape, grad, self.pool_size, self._strides,
+                                                     self.padding)], {})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +176,9 @@ class _GlobalPooling2D(Layer):
     def _finish(self, pooled: np.ndarray) -> np.ndarray:
         return pooled[:, None, None, :] if self.keepdims else pooled
 
+    def _unfinish(self, grad: np.ndarray) -> np.ndarray:
+        return grad.reshape(len(grad), -1)
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +193,12 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return self._finish(ops().global_avg_pool2d(xs[0]))
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().global_avg_pool2d_backward(xs[0].shape, self._unfinish(grad))], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -188,3 +212,9 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return self._finish(ops().global_max_pool2d(xs[0]))
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().global_max_pool2d_backward(xs[0], self._unfinish(grad))], {})

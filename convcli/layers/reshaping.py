@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from convcli.errors import ModelError, ShapeError
 from convcli.layers.base import (
     Context,
+    Gradients,
     Layer,
     Shape,
     Spatial,
@@ -17,6 +18,7 @@ from convcli.layers.base import (
     Value,
     Window,
     check_channels_last,
+    grads,
     is_int,
     keras_padding,
     ops,
@@ -75,6 +77,12 @@ class ZeroPadding2D(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().zero_pad2d(xs[0], self.padding)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().zero_pad2d_backward(grad, self.padding)], {})
 
 
 @register

@@ -1,0 +1,309 @@
+"""Training: the lecture's learning loop, with the backward pass of every layer.
+
+A training step runs the model forward keeping what each layer's backward needs (its
+inputs, its output and what its :meth:`~convcli.layers.Layer.forward_train` saved: a fused
+activation's input, dropout's mask, batch norm's batch statistics), measures the loss on
+the batch (the batch mean of :func:`convcli.losses.compute`, Keras' semantics), sends the
+loss's gradient back through the graph in reverse order (each layer's
+:meth:`~convcli.layers.Layer.backward`, which calls :mod:`convcli.grad`), and lets an
+optimizer of :mod:`convcli.optim` move every trainable weight. Batch norm's moving
+averages are set from the batch (Keras' momentum 0.99); they are not trained.
+
+Nothing here is folded or fused as the inference :func:`convcli.forward.run` does: batch
+norm uses the batch's statistics, so it cannot be folded into the conv before it.
+
+>>> from convcli.spec import parse_arrow
+>>> model = parse_arrow("INPUT(2) => FC(1)")
+>>> params = {"fc1.kernel": np.array([[1.0], [2.0]], np.float32), "fc1.bias": np.zeros(1, np.float32)}
+>>> x = np.array([[1.0, 1.0]], np.float32); y = np.array([[0.0]], np.float32)
+>>> loss, grads = loss_and_gradients(model, params, x, y, "mse")
+>>> loss, grads["fc1.kernel"].ravel().tolist(), grads["fc1.bias"].tolist()
+(9.0, [6.0, 6.0], [6.0])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convcli import layers as L
+from convcli import losses, optim
+from convcli.errors import InputError, ModelError, WeightsError
+from convcli.layers.base import Context
+
+__all__ = [
+    "EpochStats",
+    "check_trainable",
+    "encode_targets",
+    "evaluate",
+    "fit",
+    "forward_train",
+    "loss_and_gradients",
+    "trainable_keys",
+]
+
+Params = dict[str, np.ndarray]
+
+
+def check_trainable(model: L.Model) -> None:
+    """Refuse a model with a layer that has no backward pass, naming every such layer.
+
+    Raises:
+        ModelError: ``layer 'x' (Type)`` for each layer type without a backward.
+    """
+    missing = [f"'{node.layer.name}' ({node.layer.type})" for node in model.nodes() if not node.layer.has_backward]
+    if missing:
+        raise ModelError(
+            "these layers have no backward pass, so the model cannot be trained yet: " + ", ".join(missing)
+        )
+
+
+def trainable_keys(model: L.Model) -> list[str]:
+    """The parameter keys an optimizer updates (every one but batch norm's moving statistics)."""
+    keys: list[str] = []
+    for node in model.nodes():
+        layer = node.layer
+        if layer.shares is not None:
+            continue
+        frozen = layer.frozen_params()
+        keys.extend(f"{layer.name}.{p}" for p in layer.param_shapes(*node.input_shapes) if p not in frozen)
+    return keys
+
+
+def _weights(params: Mapping[str, np.ndarray], layer: L.Layer) -> dict[str, np.ndarray]:
+    owner = layer.shares or layer.name
+    prefix = owner + "."
+    return {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix)}
+
+
+@dataclass
+class _Record:
+    """What one layer's forward kept for its backward."""
+
+    node: L.Node
+    inputs: list[np.ndarray]
+    output: np.ndarray
+    saved: Any
+
+
+@dataclass
+class Tape:
+    """The training forward's records, in the graph's order, and the model's output."""
+
+    records: list[_Record] = field(default_factory=list)
+    output: np.ndarray | None = None
+    updates: dict[str, np.ndarray] = field(default_factory=dict)
+    """Non-trainable parameters the batch sets (batch norm's moving averages)."""
+
+
+def forward_train(model: L.Model, params: Mapping[str, np.ndarray], x: np.ndarray,
+                  rng: np.random.Generator | None = None) -> Tape:
+    """The training forward of ``model`` on the batch ``x``: batch norm on batch statistics,
+    dropout masks drawn from ``rng`` (None: dropout is the identity)."""
+    ctx = Context(train_dropout=rng is not None, rng=rng)
+    values: dict[str, np.ndarray] = {model.input_name: x}
+    tape = Tape()
+    for node in model.nodes():
+        layer = node.layer
+        xs = [values[name] for name in node.inputs]
+        out, saved = layer.forward_train(_weights(params, layer), xs, ctx)
+        values[layer.name] = out
+        tape.records.append(_Record(node, xs, out, saved))
+        owner = layer.shares or layer.name
+        for param, value in layer.train_updates(saved).items():
+            tape.updates[f"{owner}.{param}"] = value
+    tape.output = values[model.output_name]
+    return tape
+
+
+def backward(model: L.Model, params: Mapping[str, np.ndarray], tape: Tape, grad: np.ndarray) -> Params:
+    """Gradients of every trainable parameter, from ``grad``, the loss's gradient with
+    respect to the model's output. Layers feeding nothing that reaches the output get none
+    (their parameters' gradients are zeros)."""
+    flowing: dict[str, np.ndarray] = {model.output_name: grad}
+    found: Params = {}
+    while tape.records:
+        record = tape.records.pop()
+        layer = record.node.layer
+        g = flowing.pop(layer.name, None)
+        if g is None:
+            continue
+        need = [name != model.input_name for name in record.node.inputs]
+        result = layer.backward(_weights(params, layer), record.inputs, record.output, record.saved,
+                                np.asarray(g, record.output.dtype), need_input=any(need))
+        owner = layer.shares or layer.name
+        for param, value in result.params.items():
+            key = f"{owner}.{param}"
+            found[key] = found[key] + value if key in found else value
+        for name, dx, needed in zip(record.node.inputs, result.inputs, need):
+            if needed and dx is not None:
+                flowing[name] = flowing[name] + dx if name in flowing else dx
+    for key in trainable_keys(model):
+        if key not in found:
+            found[key] = np.zeros_like(params[key])
+    return found
+
+
+def encode_targets(y: np.ndarray, output_shape: tuple[int, ...]) -> np.ndarray:
+    """Targets in the model output's shape: integer labels (N,) become one-hot rows for an
+    output of several classes, or a column for a single output unit.
+
+    Raises:
+        InputError: labels outside the classes, or targets whose shape fits neither.
+    """
+    y = np.asarray(y)
+    width = output_shape[-1] if output_shape else 1
+    if y.ndim == 1 and len(output_shape) == 1:
+        if width == 1:
+            return y.astype(np.float32).reshape(-1, 1)
+        if y.dtype.kind not in "iu" and not np.all(np.equal(np.mod(y, 1), 0)):
+            raise InputError(f"integer class labels are needed for an output of {width} classes; y holds fractions")
+        labels = y.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= width):
+            raise InputError(
+                f"class labels must be in 0..{width - 1} for an output of {width} units. "
+                f"Received: labels from {labels.min()} to {labels.max()}"
+            )
+        return np.eye(width, dtype=np.float32)[labels]
+    if tuple(y.shape[1:]) != tuple(output_shape):
+        raise InputError(
+            f"the targets y have shape {tuple(y.shape)}; the model's output is (N, {', '.join(map(str, output_shape))})"
+        )
+    return y.astype(np.float32)
+
+
+def _correct(y: np.ndarray, p: np.ndarray) -> int:
+    """Samples classified right: the arg max for several classes, p > 0.5 for one unit."""
+    if p.shape[-1] == 1:
+        return int(np.sum((p.reshape(len(p), -1)[:, 0] > 0.5) == (y.reshape(len(y), -1)[:, 0] > 0.5)))
+    return int(np.sum(p.reshape(-1, p.shape[-1]).argmax(-1) == y.reshape(-1, y.shape[-1]).argmax(-1)))
+
+
+def loss_and_gradients(model: L.Model, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                       loss: str, rng: np.random.Generator | None = None) -> tuple[float, Params]:
+    """The loss on one batch (mean over its samples) and the gradient of every trainable
+    parameter; targets ``y`` in the output's shape (see :func:`encode_targets`)."""
+    loss_value, grads, _, _ = _step(model, params, x, y, loss, rng)
+    return loss_value, grads
+
+
+def _step(model: L.Model, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, loss: str,
+          rng: np.random.Generator | None) -> tuple[float, Params, dict[str, np.ndarray], np.ndarray]:
+    tape = forward_train(model, params, x, rng)
+    assert tape.output is not None
+    p = tape.output
+    value = losses.compute(loss, y, p)
+    if not math.isfinite(value):
+        raise InputError(f"the loss became {value}: lower the learning rate")
+    g = grad_module().loss_gradient(loss, y, p).astype(p.dtype)
+    return value, backward(model, params, tape, g), tape.updates, p
+
+
+def grad_module() -> Any:
+    """:mod:`convcli.grad` (imported when a step runs)."""
+    from convcli import grad
+
+    return grad
+
+
+def evaluate(model: L.Model, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, loss: str,
+             batch_size: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy) of the inference forward on ``x``; ``y`` in the output's shape."""
+    from convcli import forward
+
+    total, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        p = forward.run(model, x[start:start + batch_size], dict(params))
+        yb = y[start:start + batch_size]
+        total += losses.compute(loss, yb, p) * len(yb)
+        correct += _correct(yb, p)
+    return total / max(len(x), 1), correct / max(len(x), 1)
+
+
+@dataclass
+class EpochStats:
+    """One epoch of the history (Keras' ``History.history`` per epoch)."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The epoch as plain data."""
+        return {"epoch": self.epoch, "loss": self.loss, "accuracy": self.accuracy,
+                "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "seconds": self.seconds}
+
+
+def fit(
+    model: L.Model,
+    params: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    loss: str,
+    epochs: int,
+    batch_size: int,
+    optimizer: optim.Optimizer,
+    seed: int = 0,
+    shuffle: bool = True,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[EpochStats, Params], None] | None = None,
+) -> list[EpochStats]:
+    """Train ``params`` in place: ``epochs`` passes over ``x`` in mini-batches of
+    ``batch_size`` (the order shuffled each epoch from ``seed`` unless ``shuffle`` is False),
+    one optimizer step per batch. ``y`` is in the output's shape (:func:`encode_targets`).
+
+    ``on_batch(done, total)`` is called after each batch, ``on_epoch(stats, params)`` after
+    each epoch (the weights at that point). Returns the history.
+
+    Raises:
+        ModelError: a layer without a backward pass. InputError: bad sizes, or a loss
+            that is no longer finite.
+    """
+    check_trainable(model)
+    if epochs < 1 or batch_size < 1:
+        raise InputError(f"--epochs and --batch-size must be positive. Received: epochs={epochs}, batch_size={batch_size}")
+    if len(x) == 0:
+        raise InputError("the training data is empty")
+    keys = trainable_keys(model)
+    for key in model.param_shapes():
+        if key not in params:
+            raise WeightsError(f"missing parameter '{key}'")
+    order_rng = np.random.default_rng([seed, 1])
+    dropout_rng = np.random.default_rng([seed, 2])
+    n = len(x)
+    batches = math.ceil(n / batch_size)
+    history: list[EpochStats] = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        order = order_rng.permutation(n) if shuffle else np.arange(n)
+        total, correct = 0.0, 0
+        for b in range(batches):
+            index = order[b * batch_size:(b + 1) * batch_size]
+            xb, yb = x[index], y[index]
+            value, grads, updates, p = _step(model, params, xb, yb, loss, dropout_rng)
+            trainable = {key: params[key] for key in keys}
+            optimizer.step(trainable, grads)
+            for key, array in updates.items():
+                params[key] = np.asarray(array, params[key].dtype)
+            total += value * len(index)
+            correct += _correct(yb, p)
+            if on_batch is not None:
+                on_batch(b + 1, batches)
+        val_loss = val_accuracy = None
+        if validation is not None and len(validation[0]):
+            val_loss, val_accuracy = evaluate(model, params, validation[0], validation[1], loss)
+        stats = EpochStats(epoch, total / n, correct / n, val_loss, val_accuracy, time.perf_counter() - started)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats, params)
+    return history
