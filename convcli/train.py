@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,9 @@ __all__ = [
     "evaluate",
     "fit",
     "forward_train",
+    "load_data",
     "loss_and_gradients",
+    "split_validation",
     "trainable_keys",
 ]
 
@@ -307,3 +310,73 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats, params)
     return history
+
+
+def load_data(source: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """Training data: an ``.npz`` with ``x`` (N, *input_shape) and ``y`` (N,) labels or
+    (N, ...) targets, or a folder with one subfolder of images per class (Keras'
+    ``image_dataset_from_directory``: classes in sorted order, labels their index; images
+    read as ``convcli run`` reads them, never resized).
+
+    Returns:
+        (x as float32, y, the class names of a folder or None).
+
+    Raises:
+        InputError: a missing or unreadable source, missing arrays, sizes that differ.
+    """
+    from convcli import fileio, forward
+
+    path = Path(source)
+    if path.is_dir():
+        classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise InputError(f"data folder {path} has no class subfolders (one folder of images per class)")
+        xs, ys = [], []
+        for index, name in enumerate(classes):
+            files = sorted(str(f) for f in (path / name).iterdir() if f.is_file() and not f.name.startswith("."))
+            if not files:
+                continue
+            x, _ = forward.load_inputs(files, input_shape)
+            xs.append(x)
+            ys.append(np.full(len(x), index, np.int64))
+        if not xs:
+            raise InputError(f"data folder {path}: its class subfolders hold no images")
+        return np.concatenate(xs), np.concatenate(ys), tuple(classes)
+    with fileio.open_npz(path, what="data file") as archive:
+        missing = [key for key in ("x", "y") if key not in archive.members]
+        if missing:
+            raise InputError(
+                f"data file {path} needs arrays 'x' (N, {', '.join(map(str, input_shape))}) and 'y' (N,) labels; "
+                f"missing: {', '.join(missing)} (found: {', '.join(archive.members) or 'none'})"
+            )
+        for key in ("x", "y"):
+            if archive.members[key][1].kind not in "biuf":
+                raise InputError(f"data file {path}: array '{key}' has dtype {archive.members[key][1]}, expected numbers")
+        x_shape = archive.members["x"][0]
+        if tuple(x_shape[1:]) != tuple(input_shape):
+            raise InputError(
+                f"data file {path}: 'x' has shape {tuple(x_shape)}; the model expects (N, {', '.join(map(str, input_shape))})"
+            )
+        y_shape = archive.members["y"][0]
+        if not y_shape or y_shape[0] != x_shape[0]:
+            raise InputError(f"data file {path}: 'y' has shape {tuple(y_shape)}; 'x' holds {x_shape[0]} samples")
+        x = np.ascontiguousarray(archive.read("x"), dtype=np.float32)
+        y = archive.read("y")
+    if not np.all(np.isfinite(x)) or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
+        raise InputError(f"data file {path} holds values that are not finite (nan or inf)")
+    return x, y, None
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, x_val, y_val): the last ``fraction`` of the samples held out, before any
+    shuffling (Keras' ``validation_split``).
+
+    Raises:
+        InputError: a fraction outside (0, 1) or one that leaves no sample on a side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--validation takes a fraction in (0, 1) or a .npz file. Received: {fraction}")
+    split = int(len(x) * (1.0 - fraction))
+    if split < 1 or split >= len(x):
+        raise InputError(f"--validation {fraction} of {len(x)} samples leaves no sample to train or to validate on")
+    return x[:split], y[:split], x[split:], y[split:]

@@ -16,6 +16,7 @@ from convcli.cli import (  # noqa: F401  (importing a module registers its comma
     cmd_run,
     cmd_shapes,
     cmd_summary,
+    cmd_train,
 )
 from convcli.cli._app import app, fail
 
