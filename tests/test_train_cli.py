@@ -111,3 +111,30 @@ def test_bad_data_and_untrainable_layers_are_refused(tmp_path: Path) -> None:
     proc = run_convcli("train", "INPUT(4,4,1) => UPSAMPLE(2) => FLATTEN => FC(2)", str(tmp_path / "d.npz"), *common)
     assert proc.returncode == 2 and b"'up1' (UpSampling2D)" in proc.stderr
     assert not (tmp_path / "w.npz").exists()
+
+
+def test_ctrl_c_keeps_the_last_finished_epoch(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((256, 3)).astype(np.float32), y=rng.integers(0, 2, 256))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convcli", "train", TINY, "d.npz", "--loss", "categorical-crossentropy",
+         "--epochs", "100000", "--batch-size", "1", "--lr", "0.01", "--optimizer", "sgd", "--save-weights", "w.npz"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"epoch 1/100000")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert b"interrupted: wrote w.npz" in err
+    with np.load(tmp_path / "w.npz") as trained:
+        assert sorted(trained) == ["fc1.bias", "fc1.kernel"]
