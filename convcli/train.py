@@ -39,6 +39,8 @@ from convcli.layers.base import Context
 
 __all__ = [
     "EpochStats",
+    "LayerCheck",
+    "check_gradients",
     "check_trainable",
     "encode_targets",
     "evaluate",
@@ -380,3 +382,80 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.
     if split < 1 or split >= len(x):
         raise InputError(f"--validation {fraction} of {len(x)} samples leaves no sample to train or to validate on")
     return x[:split], y[:split], x[split:], y[split:]
+
+
+@dataclass
+class LayerCheck:
+    """The gradient check of one layer: the worst relative error between its analytic
+    gradients (parameters and input) and central finite differences."""
+
+    layer: str
+    type: str
+    worst: float
+    checked: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The check as plain data."""
+        return {"layer": self.layer, "type": self.type, "worst_relative_error": self.worst, "checked": self.checked}
+
+
+def check_gradients(model: L.Model, params: Mapping[str, np.ndarray] | None = None, *, seed: int = 0,
+                    batch: int = 2, entries: int = 6, step: float = 1e-2) -> list[LayerCheck]:
+    """Compare every layer's backward with central finite differences of its own forward,
+    on the inputs it receives when the model runs on a random batch of ``batch`` samples.
+
+    The scalar checked is ``sum(output * R)`` for a fixed random ``R``; for each parameter
+    and each input, ``entries`` random entries are moved by ``±step`` and the difference
+    quotient compared with the analytic gradient: ``|a - n| / max(|a|, |n|, 1e-3)``. The
+    forward computes in float32, so errors around 1e-3 are rounding; a wrong backward
+    shows as errors near 1. Dropout runs as the identity (its mask is random).
+
+    Raises:
+        ModelError: a layer without a backward pass.
+    """
+    check_trainable(model)
+    rng = np.random.default_rng([seed, 3])
+    weights_all = dict(params) if params is not None else _init(model, seed)
+    x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
+    tape = forward_train(model, weights_all, x)
+    ctx = Context()
+    results = []
+    for record in tape.records:
+        layer = record.node.layer
+        weights = {k: v.astype(np.float32, copy=True) for k, v in _weights(weights_all, layer).items()}
+        inputs = [np.array(a, np.float32, copy=True) for a in record.inputs]
+        r = rng.standard_normal(record.output.shape).astype(np.float32)
+
+        def scalar(w: dict[str, np.ndarray], xs: list[np.ndarray], layer: L.Layer = layer,
+                   r: np.ndarray = r) -> float:
+            out, _ = layer.forward_train(w, xs, ctx)
+            return float(np.sum(out.astype(np.float64) * r))
+
+        out, saved = layer.forward_train(weights, inputs, ctx)
+        result = layer.backward(weights, inputs, out, saved, r.copy(), need_input=True)
+        targets: list[tuple[np.ndarray, np.ndarray]] = [
+            (weights[p], np.asarray(g)) for p, g in result.params.items()
+        ]
+        targets += [(a, np.asarray(g)) for a, g in zip(inputs, result.inputs) if g is not None]
+        worst, checked = 0.0, 0
+        for array, analytic in targets:
+            flat, grad_flat = array.reshape(-1), analytic.reshape(-1)
+            for i in rng.choice(flat.size, size=min(entries, flat.size), replace=False):
+                saved_value = flat[i]
+                flat[i] = saved_value + np.float32(step)
+                up = scalar(weights, inputs)
+                flat[i] = saved_value - np.float32(step)
+                down = scalar(weights, inputs)
+                flat[i] = saved_value
+                numeric = (up - down) / (2 * step)
+                a = float(grad_flat[i])
+                worst = max(worst, abs(a - numeric) / max(abs(a), abs(numeric), 1e-3))
+                checked += 1
+        results.append(LayerCheck(layer.name, layer.type, worst, checked))
+    return results
+
+
+def _init(model: L.Model, seed: int) -> Params:
+    from convcli import forward
+
+    return forward.init_params(model, seed=seed)

@@ -172,3 +172,29 @@ print(float(np.mean(p.argmax(1) == y[held])))
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.strip()) >= 0.97
+
+
+CHECKED = ("INPUT(8,8,3) => CONV(4,3,pad=same) => BN => LRELU => POOL(2) => CONV(6,2,stride=2,activation=relu) "
+           "=> AVGPOOL(1) => FLATTEN => DO(0.3) => FC(5) => SOFTMAX")
+
+
+def test_check_gradients_passes_for_the_lecture_layers() -> None:
+    checks = train.check_gradients(parse_arrow(CHECKED), seed=1)
+    assert [c.layer for c in checks] == ["conv1", "bn1", "lrelu1", "pool1", "conv2", "avgpool1", "flatten1",
+                                         "dropout1", "fc1", "softmax1"]
+    assert all(c.checked > 0 and c.worst < 1e-2 for c in checks), checks
+
+
+def test_check_gradients_finds_a_wrong_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convcli.layers import Dense
+    from convcli.layers.base import Gradients
+
+    right = Dense.backward
+
+    def doubled(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = right(self, *args, **kwargs)
+        return Gradients(result.inputs, {k: 2 * v for k, v in result.params.items()})
+
+    monkeypatch.setattr(Dense, "backward", doubled)
+    checks = {c.layer: c.worst for c in train.check_gradients(parse_arrow(CHECKED), seed=1)}
+    assert checks["fc1"] > 0.3 and checks["conv1"] < 1e-2

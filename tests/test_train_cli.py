@@ -138,3 +138,13 @@ def test_ctrl_c_keeps_the_last_finished_epoch(tmp_path: Path) -> None:
     assert b"interrupted: wrote w.npz" in err
     with np.load(tmp_path / "w.npz") as trained:
         assert sorted(trained) == ["fc1.bias", "fc1.kernel"]
+
+
+def test_check_gradients_prints_one_row_per_layer(cli) -> None:
+    result = cli("train", "--check-gradients", "INPUT(6,6,1) => CONV(2,3) => RELU => FLATTEN => FC(3) => SOFTMAX", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["layers"]
+    assert [r["layer"] for r in rows] == ["conv1", "relu1", "flatten1", "fc1", "softmax1"]
+    assert all(r["worst_relative_error"] < 1e-2 for r in rows)
+    missing = cli("train", "INPUT(3) => FC(2)", "data.npz")
+    assert missing.exit_code == 2 and "train needs --loss" in missing.stderr

@@ -80,6 +80,26 @@ def _plot(history: list[Any], path: Path) -> None:
     pictures.save_png(image, str(path), "--plot")
 
 
+def _check_gradients(model: Any, weights: Path | None, seed: int, json_output: bool) -> None:
+    from convcli import forward, train
+
+    params = forward.load_weights(model, weights) if weights is not None else forward.init_params(model, seed=seed)
+    checks = train.check_gradients(model, params, seed=seed)
+    if json_output:
+        print_json({"model": model.name, "layers": [c.to_json() for c in checks]})
+        return
+    from convcli.cli._tables import Column, TableSpec, print_table
+
+    table = TableSpec(
+        columns=[Column("Layer"), Column("Type"), Column("Checked", justify="right"),
+                 Column("Worst relative error", justify="right")],
+        title=f"{model.name}: analytic gradients against central finite differences (float32 forward)",
+    )
+    for c in checks:
+        table.add_row(c.layer, c.type, str(c.checked), f"{c.worst:.1e}")
+    print_table(table, out_console)
+
+
 @app.command(
     "train",
     epilog=examples(
@@ -87,6 +107,7 @@ def _plot(history: list[Any], path: Path) -> None:
         "--epochs 12 --batch-size 32 --lr 0.003 --optimizer adam --validation 0.25 --save-weights w.npz",
         "convcli train \"INPUT(2) => FC(1)\" data.npz --loss mse --epochs 1 --batch-size 4 --lr 0.1 "
         "--optimizer sgd --no-shuffle --save-weights w.npz --json",
+        "convcli train --check-gradients samples/lenet5.toml",
     ),
 )
 def train_command(
@@ -94,20 +115,20 @@ def train_command(
         ..., metavar="MODEL", help="Arrow notation, a .toml file, a Keras file, or - to read one from stdin.",
         show_default=False,
     ),
-    data: str = typer.Argument(
-        ..., metavar="DATA",
+    data: str | None = typer.Argument(
+        None, metavar="DATA",
         help=".npz with x (N,H,W,D) and y (N,) integer labels or (N, classes) targets, or a folder of "
         "class subfolders of images.",
         show_default=False,
     ),
-    loss: str = typer.Option(..., "--loss", metavar="NAME", help="One of the six losses of convcli loss.",
+    loss: str | None = typer.Option(None, "--loss", metavar="NAME", help="One of the six losses of convcli loss.",
                              show_default=False),
-    epochs: int = typer.Option(..., "--epochs", metavar="N", help="Passes over DATA.", show_default=False),
-    batch_size: int = typer.Option(..., "--batch-size", metavar="B", help="Samples per step.", show_default=False),
-    lr: float = typer.Option(..., "--lr", metavar="LR", help="Learning rate.", show_default=False),
-    optimizer: str = typer.Option(..., "--optimizer", metavar="[sgd|momentum|adam]",
+    epochs: int | None = typer.Option(None, "--epochs", metavar="N", help="Passes over DATA.", show_default=False),
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="B", help="Samples per step.", show_default=False),
+    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate.", show_default=False),
+    optimizer: str | None = typer.Option(None, "--optimizer", metavar="[sgd|momentum|adam]",
                                   help="Keras' SGD, SGD(momentum=0.9) or Adam.", show_default=False),
-    save_weights: Path = typer.Option(..., "--save-weights", metavar="OUT.npz",
+    save_weights: Path | None = typer.Option(None, "--save-weights", metavar="OUT.npz",
                                       help="Write the trained weights (.npz, atomic).", show_default=False),
     weights: Path | None = typer.Option(None, "--weights", "-w", metavar="W",
                                         help="Start from these weights (else random from --seed).",
@@ -122,6 +143,11 @@ def train_command(
     json_output: bool = typer.Option(False, "--json", help="Print the history as JSON."),
     plot: Path | None = typer.Option(None, "--plot", metavar="CURVES.png",
                                      help="Draw loss and accuracy per epoch.", show_default=False),
+    check_gradients: bool = typer.Option(
+        False, "--check-gradients",
+        help="Compare every layer's backward with central finite differences and print the worst "
+        "relative error per layer (MODEL alone; --weights and --seed apply).",
+    ),
     quiet: bool = quiet_option(),
 ) -> None:
     """Train a model on DATA with the backward pass of every layer; write the weights."""
@@ -131,6 +157,16 @@ def train_command(
     model = read_model(model_source)
     model.nodes()
     train.check_trainable(model)
+    if check_gradients:
+        _check_gradients(model, weights, seed, json_output)
+        return
+    given = {"DATA": data, "--loss": loss, "--epochs": epochs, "--batch-size": batch_size, "--lr": lr,
+             "--optimizer": optimizer, "--save-weights": save_weights}
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise InputError(f"train needs {', '.join(missing)} (or --check-gradients MODEL alone)")
+    assert data is not None and loss is not None and epochs is not None and batch_size is not None
+    assert optimizer is not None and save_weights is not None
     loss_name = losses.resolve_name(loss)
     opt = optim.make_optimizer(optimizer, lr)
     if epochs < 1:
