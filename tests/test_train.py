@@ -82,6 +82,9 @@ def test_mse_gradient_of_a_two_layer_dense_model_by_hand() -> None:
         ("INPUT(7,7,2) => CONV(3,3,stride=2) => BN => ACT(tanh) => GAP => FC(2) => SIGMOID",
          "binary-crossentropy"),
         ("INPUT(5,5,1) => LOCAL(2,2) => ACT(softplus) => FLATTEN => FC(2)", "mse"),
+        ("INPUT(6,6,2) => CONV(4,3,pad=same,activation=tanh) => CONCAT(CONV(2,1) | AVGPOOL(3,stride=1,pad=same) "
+         "=> CONV(3,1)) => ADD(CONV(5,1,activation=tanh) | ACT(sigmoid)) => GAP => FC(3) => SOFTMAX",
+         "categorical-crossentropy"),
     ],
 )
 def test_gradients_match_finite_differences_of_the_loss(spec: str, loss: str) -> None:
