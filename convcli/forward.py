@@ -29,10 +29,8 @@ from convcli import layers as L
 from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
 __all__ = [
-    "FUSED_LEAKY_RELU_ALPHA",
     "LayerStats",
     "check_memory",
-    "fan_in",
     "feature_map_grid",
     "init_params",
     "is_relu_output",
@@ -53,16 +51,10 @@ __all__ = [
 Params = dict[str, np.ndarray]
 LayerCallback = Callable[[L.Layer, np.ndarray, float], None]
 
-FUSED_LEAKY_RELU_ALPHA = L.FUSED_LEAKY_RELU_ALPHA
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(n) for n in shape) + ")"
-
-
-def fan_in(layer: L.Layer, shape: tuple[int, ...], param: str = "kernel") -> int:
-    """Inputs feeding one output neuron through ``param`` (the layer type says)."""
-    return layer.fan_in(param, shape)
 
 
 def _available_bytes() -> int | None:

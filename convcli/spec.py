@@ -38,9 +38,6 @@ TOKENS = L.REGISTRY.tokens
 KERAS_CLASSES = tuple(sorted(L.REGISTRY.keras))
 """Keras layer classes convcli maps onto its layers; any other class is refused."""
 
-MERGES = ("ADD", "CONCAT", "CONCATENATE", "MULTIPLY", "MUL", "SUBTRACT", "AVERAGE", "MAXIMUM", "MINIMUM")
-"""Arrow-notation joins written with branches: ``ADD(branch | branch)``."""
-
 MAX_LAYERS = 100_000
 """Refuse repetitions that expand beyond this many layers (``[RELU] * 10**9``)."""
 

@@ -132,15 +132,6 @@ class Model:
         """float32 bytes of every parameter."""
         return 4 * sum(math.prod(shape) for shape in self.param_shapes().values())
 
-    def is_chain(self) -> bool:
-        """True when every layer takes the one before it (the lecture's models)."""
-        previous = self.input_name
-        for layer in self.layers:
-            if self.inbound(layer.name) != (previous,):
-                return False
-            previous = layer.name
-        return True
-
 
 def node_params(node: Node) -> int:
     """Parameters a node adds to the model: its layer's, or 0 for another call of a shared layer."""
