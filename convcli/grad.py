@@ -106,16 +106,7 @@ def _array(a: object, dtype: np.dtype[np.floating], ndim: int | None, what: str)
     return arr
 
 
-def _pair(value: int | Sequence[int] | None, default: Pair, what: str) -> Pair:
-    if value is None:
-        return default
-    if isinstance(value, (int, np.integer)):
-        pair = (int(value), int(value))
-    else:
-        pair = (int(value[0]), int(value[1]))
-    if pair[0] < 1 or pair[1] < 1:
-        raise ShapeError(f"`{what}` must be positive integers. Received: {what}={value!r}")
-    return pair
+_pair = ops._pair  # one reader of (height, width) pairs, shared with the forward ops
 
 
 def _check_grad(grad: np.ndarray, shape: tuple[int, ...], what: str) -> None:

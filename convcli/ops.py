@@ -122,7 +122,7 @@ def _batch(x: np.ndarray, ndim: int, what: str) -> np.ndarray:
     return arr
 
 
-def _pair(value: int | tuple[int, int] | None, default: Pair, what: str) -> Pair:
+def _pair(value: int | Sequence[int] | None, default: Pair, what: str) -> Pair:
     if value is None:
         return default
     if isinstance(value, (int, np.integer)):
