@@ -1,5 +1,9 @@
 """The forward computations of every layer: pure numpy on float32, channels-last batches.
 
+float32 is the precision of ``run`` and ``train``; a float64 batch stays float64 (weights
+are converted to the batch's precision), so that the gradient checks of
+:func:`convcli.train.check_gradients` differentiate the same code in float64.
+
 Images are batches ``(N, H, W, C)``, flat activations ``(N, units)``. Parameters come in
 Keras layouts: a conv kernel is ``(F_h, F_w, C, K)`` (``(F_h, F_w, C / groups, K)``
 grouped), a depthwise kernel ``(F_h, F_w, C, multiplier)``, a transposed-conv kernel
@@ -106,14 +110,21 @@ Pair = tuple[int, int]
 _F32 = np.float32
 
 
+def _work(x: object) -> type[np.floating]:
+    """The precision a computation on ``x`` runs in: float64 for a float64 array (the
+    gradient checks), float32 for anything else (the default of run and train)."""
+    return np.float64 if isinstance(x, np.ndarray) and x.dtype == np.float64 else _F32
+
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
 
 
 def _batch(x: np.ndarray, ndim: int, what: str) -> np.ndarray:
-    """``x`` as a C-contiguous float32 array with ``ndim`` dimensions (no copy when it is one)."""
-    arr = np.ascontiguousarray(x, dtype=_F32)
+    """``x`` as a C-contiguous float32 array with ``ndim`` dimensions (no copy when it is one;
+    a float64 array stays float64)."""
+    arr = np.ascontiguousarray(x, dtype=_work(x))
     if arr.ndim != ndim:
         layout = "(N, H, W, C)" if ndim == 4 else "(N, units)"
         raise ShapeError(
@@ -179,11 +190,11 @@ def _chunks(
     return 1, max(1, min(out_rows, chunk_bytes // max(row_bytes, 1)))
 
 
-def _chunk_budget(chunk_bytes: int | None, cols_per_row: int = 0) -> int:
+def _chunk_budget(chunk_bytes: int | None, cols_per_row: int = 0, itemsize: int = 4) -> int:
     """Bytes of im2col per chunk: ``chunk_bytes`` if given, else :data:`CHUNK_BYTES` but
     enough for :data:`MIN_CHUNK_ROWS` rows; never above :data:`IM2COL_BUDGET_BYTES`."""
     if chunk_bytes is None:
-        return min(max(CHUNK_BYTES, MIN_CHUNK_ROWS * cols_per_row * 4), IM2COL_BUDGET_BYTES)
+        return min(max(CHUNK_BYTES, MIN_CHUNK_ROWS * cols_per_row * itemsize), IM2COL_BUDGET_BYTES)
     if chunk_bytes < 1:
         raise ShapeError(f"`chunk_bytes` must be positive. Received: chunk_bytes={chunk_bytes}")
     return min(int(chunk_bytes), IM2COL_BUDGET_BYTES)
@@ -203,7 +214,7 @@ class _PaddedGroups:
         top, bottom, left, right = pads
         self.padded = any(pads)
         if self.padded:
-            self.buffer = np.full((min(group, n), h + top + bottom, w + left + right, c), fill, _F32)
+            self.buffer = np.full((min(group, n), h + top + bottom, w + left + right, c), fill, x.dtype)
 
     def get(self, n0: int, n1: int) -> np.ndarray:
         if not self.padded:
@@ -220,10 +231,11 @@ class _PaddedGroups:
 # --------------------------------------------------------------------------------------
 
 
-def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """``result`` as float32, written into ``out`` when one is given."""
+def _into(result: np.ndarray, out: np.ndarray | None, dtype: type[np.floating] = _F32) -> np.ndarray:
+    """``result`` as ``dtype`` (float32 unless the input was float64), written into ``out``
+    when one is given."""
     if out is None:
-        return np.asarray(result, dtype=_F32)
+        return np.asarray(result, dtype=dtype)
     out[...] = result
     return out
 
@@ -243,35 +255,36 @@ def relu(
     >>> relu(np.array([-2.0, 1.0, 3.0, 8.0], np.float32), max_value=6, negative_slope=0.5, threshold=2)
     array([-2. , -0.5,  3. ,  6. ], dtype=float32)
     """
+    dt = _work(x)
     if max_value is None and negative_slope == 0.0 and threshold == 0.0:
-        return np.maximum(x, _F32(0), out=out)
+        return np.maximum(x, dt(0), out=out)
     for key, value in (("max_value", max_value), ("negative_slope", negative_slope), ("threshold", threshold)):
         if value is not None and not value >= 0:
             raise ModelError(f"relu: `{key}` must be a non-negative number. Received: {key}={value}")
     if negative_slope == 0.0 and threshold == 0.0:
-        return np.clip(x, _F32(0), _F32(max_value), out=out)  # relu6 and friends: one pass
-    x = np.asarray(x, dtype=_F32)
-    t = _F32(threshold)
-    positive = x if max_value is None else np.minimum(x, _F32(max_value))
-    negative = np.subtract(x, t) * _F32(negative_slope) if negative_slope else _F32(0)
-    return _into(np.where(x > t, positive, negative), out)
+        return np.clip(x, dt(0), dt(max_value), out=out)  # relu6 and friends: one pass
+    x = np.asarray(x, dtype=dt)
+    t = dt(threshold)
+    positive = x if max_value is None else np.minimum(x, dt(max_value))
+    negative = np.subtract(x, t) * dt(negative_slope) if negative_slope else dt(0)
+    return _into(np.where(x > t, positive, negative), out, dt)
 
 
 def leaky_relu(x: np.ndarray, alpha: float = 0.2, *, out: np.ndarray | None = None) -> np.ndarray:
     """z for z > 0, alpha*z otherwise (Keras' ``activations.leaky_relu`` defaults to 0.2,
     its ``LeakyReLU`` layer to 0.3; the lecture's example uses alpha = 0.005)."""
-    a = _F32(alpha)
+    a = _work(x)(alpha)
     negative = np.multiply(x, a)
     if 0.0 <= alpha <= 1.0:
         return np.maximum(x, negative, out=out)  # max(z, a*z) is leaky ReLU for 0 <= a <= 1
-    return _into(np.where(x > 0, x, negative), out)
+    return _into(np.where(x > 0, x, negative), out, _work(x))
 
 
 def sigmoid(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """1 / (1 + e^-z), computed without overflow (scipy.special.expit)."""
     from scipy.special import expit
 
-    return expit(x, out=out) if out is not None else expit(np.asarray(x, dtype=_F32))
+    return expit(x, out=out) if out is not None else expit(np.asarray(x, dtype=_work(x)))
 
 
 def tanh(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -281,9 +294,10 @@ def tanh(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
 
 def elu(x: np.ndarray, alpha: float = 1.0, *, out: np.ndarray | None = None) -> np.ndarray:
     """z for z > 0, alpha*(e^z - 1) otherwise (Keras ELU, alpha 1.0 by default)."""
-    negative = np.expm1(np.minimum(x, _F32(0)))
-    negative *= _F32(alpha)
-    result = np.maximum(x, _F32(0), out=out)
+    dt = _work(x)
+    negative = np.expm1(np.minimum(x, dt(0)))
+    negative *= dt(alpha)
+    result = np.maximum(x, dt(0), out=out)
     result += negative
     return result
 
@@ -302,10 +316,10 @@ def log_softmax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """log(softmax(z)) over the last axis as z - max - log(sum(e^(z - max))): finite for
     logits where the softmax itself underflows to 0."""
     with np.errstate(over="ignore"):
-        shifted = np.subtract(x, x.max(axis=-1, keepdims=True), dtype=_F32)
+        shifted = np.subtract(x, x.max(axis=-1, keepdims=True), dtype=_work(x))
     total = np.exp(shifted).sum(axis=-1, keepdims=True, dtype=np.float64)
-    shifted -= np.log(total).astype(_F32)
-    return _into(shifted, out)
+    shifted -= np.log(total).astype(shifted.dtype)
+    return _into(shifted, out, shifted.dtype.type)
 
 
 def sparsemax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -324,13 +338,13 @@ def sparsemax(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     support = 1 + k * ordered > cumulative
     k_max = support.sum(axis=-1, keepdims=True)
     tau = (np.take_along_axis(cumulative, k_max - 1, axis=-1) - 1) / k_max
-    return _into(np.maximum(z - tau, 0.0), out)
+    return _into(np.maximum(z - tau, 0.0), out, _work(x))
 
 
 def glu(x: np.ndarray) -> np.ndarray:
     """Gated linear unit (Keras ``glu``, axis -1): the last axis is split into halves a, b
     and the result is a * sigmoid(b), HALF as many channels as the input."""
-    x = np.asarray(x, dtype=_F32)
+    x = np.asarray(x, dtype=_work(x))
     if x.shape[-1] % 2:
         raise ModelError(f"glu: the last axis must have an even size. Received: shape {x.shape}")
     half = x.shape[-1] // 2
@@ -355,14 +369,15 @@ def _param(alpha: float | None, default: float) -> float:
 
 def _selu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     result = elu(x, SELU_ALPHA, out=out)
-    result *= _F32(SELU_SCALE)
+    result *= _work(x)(SELU_SCALE)
     return result
 
 
 def _celu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    a = _F32(_param(alpha, 1.0))
-    negative = np.expm1(np.minimum(x, _F32(0)) / a) * a
-    result = np.maximum(x, _F32(0), out=out)
+    dt = _work(x)
+    a = dt(_param(alpha, 1.0))
+    negative = np.expm1(np.minimum(x, dt(0)) / a) * a
+    result = np.maximum(x, dt(0), out=out)
     result += negative
     return result
 
@@ -372,113 +387,124 @@ def _gelu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndar
     # which keeps its relative precision in the far negative tail instead of cancelling.
     from scipy.special import erfc
 
-    x = np.asarray(x, dtype=_F32)
-    result = erfc(x * _F32(-_INV_SQRT2))
-    result *= _F32(0.5)
+    dt = _work(x)
+    x = np.asarray(x, dtype=dt)
+    result = erfc(x * dt(-_INV_SQRT2))
+    result *= dt(0.5)
     result *= x
-    return _into(result, out)
+    return _into(result, out, dt)
 
 
 def _silu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    x = np.asarray(x, dtype=_F32)
-    return _into(x * sigmoid(x), out)
+    x = np.asarray(x, dtype=_work(x))
+    return _into(x * sigmoid(x), out, x.dtype.type)
 
 
 def _hard_sigmoid_array(x: np.ndarray) -> np.ndarray:
-    result = np.multiply(x, _F32(1 / 6), dtype=_F32)
-    result += _F32(0.5)
-    return np.clip(result, _F32(0), _F32(1), out=result)
+    dt = _work(x)
+    result = np.multiply(x, dt(1 / 6), dtype=dt)
+    result += dt(0.5)
+    return np.clip(result, dt(0), dt(1), out=result)
 
 
 def _hard_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    return _into(_hard_sigmoid_array(x), out)
+    return _into(_hard_sigmoid_array(x), out, _work(x))
 
 
 def _hard_silu(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     result = _hard_sigmoid_array(x)
     result *= x
-    return _into(result, out)
+    return _into(result, out, _work(x))
 
 
 def _softplus_array(x: np.ndarray) -> np.ndarray:
     # log(1 + e^z) = logaddexp(z, 0): no overflow for large z, full precision for very negative z.
-    return np.logaddexp(np.asarray(x, dtype=_F32), _F32(0))
+    dt = _work(x)
+    return np.logaddexp(np.asarray(x, dtype=dt), dt(0))
 
 
 def _softplus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    return _into(_softplus_array(x), out)
+    return _into(_softplus_array(x), out, _work(x))
 
 
 def _log_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    return _into(-np.logaddexp(np.negative(x, dtype=_F32), _F32(0)), out)
+    dt = _work(x)
+    return _into(-np.logaddexp(np.negative(x, dtype=dt), dt(0)), out, dt)
 
 
 def _mish(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     result = np.tanh(_softplus_array(x))
     result *= x
-    return _into(result, out)
+    return _into(result, out, _work(x))
 
 
 def _softsign(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    x = np.asarray(x, dtype=_F32)
-    return _into(x / (np.abs(x) + _F32(1)), out)
+    dt = _work(x)
+    x = np.asarray(x, dtype=dt)
+    return _into(x / (np.abs(x) + dt(1)), out, dt)
 
 
 def _squareplus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     # (z + sqrt(z^2 + b)) / 2; for z < 0 the same value as b / (2 (sqrt(z^2 + b) - z)), which
     # does not cancel. hypot avoids overflowing z^2.
     b = _param(alpha, 4.0)
-    x = np.asarray(x, dtype=_F32)
-    root = np.hypot(x, _F32(math.sqrt(b)))
-    half = _F32(0.5)
+    dt = _work(x)
+    x = np.asarray(x, dtype=dt)
+    root = np.hypot(x, dt(math.sqrt(b)))
+    half = dt(0.5)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # masked out below, or b/inf = 0
-        negative = _F32(b / 2) / (root - x)
-    return _into(np.where(x >= 0, x * half + root * half, negative), out)
+        negative = dt(b / 2) / (root - x)
+    return _into(np.where(x >= 0, x * half + root * half, negative), out, dt)
 
 
 def _sparse_plus(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    x = np.asarray(x, dtype=_F32)
-    middle = np.square(x + _F32(1)) * _F32(0.25)
-    return _into(np.where(x <= -1, _F32(0), np.where(x < 1, middle, x)), out)
+    dt = _work(x)
+    x = np.asarray(x, dtype=dt)
+    middle = np.square(x + dt(1)) * dt(0.25)
+    return _into(np.where(x <= -1, dt(0), np.where(x < 1, middle, x)), out, dt)
 
 
 def _sparse_sigmoid(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    result = np.add(x, _F32(1), dtype=_F32)
-    result *= _F32(0.5)
-    return _into(np.clip(result, _F32(0), _F32(1), out=result), out)
+    dt = _work(x)
+    result = np.add(x, dt(1), dtype=dt)
+    result *= dt(0.5)
+    return _into(np.clip(result, dt(0), dt(1), out=result), out, dt)
 
 
 def _hard_tanh(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    return np.clip(x, _F32(-1), _F32(1), out=out)
+    return np.clip(x, _work(x)(-1), _work(x)(1), out=out)
 
 
 def _tanh_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     # z - tanh(z) cancels for small z; float64 keeps the float32 result exact to rounding.
     z = np.asarray(x, dtype=np.float64)
-    return _into(z - np.tanh(z), out)
+    return _into(z - np.tanh(z), out, _work(x))
 
 
 def _exponential(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
     with np.errstate(over="ignore"):  # e^z beyond float32 is inf, as in Keras
-        return np.exp(x, out=out) if out is not None else np.exp(np.asarray(x, dtype=_F32))
+        return np.exp(x, out=out) if out is not None else np.exp(np.asarray(x, dtype=_work(x)))
 
 
 def _soft_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    t = _F32(_param(alpha, 0.5))
-    x = np.asarray(x, dtype=_F32)
-    return _into(np.where(x > t, x - t, np.where(x < -t, x + t, _F32(0))), out)
+    dt = _work(x)
+    t = dt(_param(alpha, 0.5))
+    x = np.asarray(x, dtype=dt)
+    return _into(np.where(x > t, x - t, np.where(x < -t, x + t, dt(0))), out, dt)
 
 
 def _hard_shrink(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    t = _F32(_param(alpha, 0.5))
-    x = np.asarray(x, dtype=_F32)
-    return _into(np.where(np.abs(x) > t, x, _F32(0)), out)
+    dt = _work(x)
+    t = dt(_param(alpha, 0.5))
+    x = np.asarray(x, dtype=dt)
+    return _into(np.where(np.abs(x) > t, x, dt(0)), out, dt)
 
 
 def _threshold(x: np.ndarray, alpha: float | None, out: np.ndarray | None) -> np.ndarray:
-    t = _F32(_param(alpha, 0.0))
-    x = np.asarray(x, dtype=_F32)
-    return _into(np.where(x > t, x, _F32(0)), out)
+    dt = _work(x)
+    t = dt(_param(alpha, 0.0))
+    x = np.asarray(x, dtype=dt)
+    return _into(np.where(x > t, x, dt(0)), out, dt)
 
 
 _FUNCTIONS: dict[str, _Unary] = {
@@ -631,7 +657,7 @@ def _grouped_kernel(kernel: np.ndarray, group: int, stride_w: int) -> np.ndarray
     window g sees columns g*S .. g*S + F_w - 1 of the wide window."""
     fh, fw, c, k = kernel.shape
     width = (group - 1) * stride_w + fw
-    wide = np.zeros((fh, width, c, group, k), _F32)
+    wide = np.zeros((fh, width, c, group, k), kernel.dtype)
     for g in range(group):
         wide[:, g * stride_w : g * stride_w + fw, :, g, :] = kernel
     return wide.reshape(fh * width * c, group * k)
@@ -690,7 +716,7 @@ def conv2d(
     (1, 5, 5, 2)
     """
     x = _batch(x, 4, "conv2d")
-    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     if groups != 1:
         return _grouped_conv2d(x, kernel, bias, strides, padding, dilation, activation, alpha, chunk_bytes, groups)
     if kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
@@ -701,10 +727,10 @@ def conv2d(
     fh, fw, c, k = kernel.shape
     strides_ = _pair(strides, (1, 1), "strides")
     dilation_ = _pair(dilation, (1, 1), "dilation")
-    bias_ = _bias(bias, (k,), "conv2d")
+    bias_ = _bias(bias, (k,), "conv2d", x.dtype)
     pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, padding, dilation_, "conv2d")
     n = x.shape[0]
-    out = np.empty((n, oh, ow, k), _F32)
+    out = np.empty((n, oh, ow, k), x.dtype)
     weights = kernel.reshape(fh * fw * c, k)
 
     if fh == fw == 1 and strides_ == (1, 1) and not any(pads):
@@ -733,8 +759,9 @@ def conv2d(
     transposed = c == 1 and group == 1
     row_positions = ow // group  # im2col rows per output row
     out_matrix = out.reshape(n * oh * row_positions, group * k)  # a view: one row per im2col row
-    samples, rows = _chunks(n, oh, row_positions * total * 4, _chunk_budget(chunk_bytes, total))
-    buffer = np.empty(samples * rows * row_positions * total, _F32)
+    item = x.itemsize
+    samples, rows = _chunks(n, oh, row_positions * total * item, _chunk_budget(chunk_bytes, total, item))
+    buffer = np.empty(samples * rows * row_positions * total, x.dtype)
     if bias_ is not None and not transposed:
         buffer.reshape(-1, total)[:, cols_per_row] = 1  # never overwritten by the copies
     padded = _PaddedGroups(x, pads, samples)
@@ -787,7 +814,7 @@ def _grouped_conv2d(
         depthwise = kernel.reshape(fh, fw, groups, k // groups)
         return depthwise_conv2d(x, depthwise, bias, strides=strides, padding=padding, dilation=dilation,
                                 activation=activation, alpha=alpha)
-    bias_ = _bias(bias, (k,), "conv2d")
+    bias_ = _bias(bias, (k,), "conv2d", x.dtype)
     kg = k // groups
     parts = [
         conv2d(x[..., g * cg : (g + 1) * cg], kernel[..., g * kg : (g + 1) * kg],
@@ -846,7 +873,7 @@ def depthwise_conv2d(
     array([12., 16.], dtype=float32)
     """
     x = _batch(x, 4, "depthwise_conv2d")
-    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     n, _, _, c = x.shape
     if kernel.ndim != 4 or kernel.shape[2] != c:
         raise ShapeError(
@@ -858,12 +885,12 @@ def depthwise_conv2d(
     dilation_ = _pair(dilation, (1, 1), "dilation")
     pads, oh, ow = _conv_geometry(x, (fh, fw), strides_, padding, dilation_, "depthwise_conv2d")
     cm = c * m
-    bias_ = _bias(bias, (cm,), "depthwise_conv2d")
+    bias_ = _bias(bias, (cm,), "depthwise_conv2d", x.dtype)
     (sh, sw), (dh, dw) = strides_, dilation_
-    out = np.empty((n, oh, ow, cm), _F32)
+    out = np.empty((n, oh, ow, cm), x.dtype)
     flat_rows = m == 1 and sw == 1
     weights = np.tile(kernel.reshape(fh, fw, c), (1, 1, ow)) if flat_rows else kernel
-    samples = max(1, min(n, DEPTHWISE_CHUNK_BYTES // max(oh * ow * cm * 4, 1)))
+    samples = max(1, min(n, DEPTHWISE_CHUNK_BYTES // max(oh * ow * cm * x.itemsize, 1)))
     padded = _PaddedGroups(x, pads, samples)
     for n0 in range(0, n, samples):
         n1 = min(n, n0 + samples)
@@ -902,7 +929,7 @@ def separable_conv2d(
     array([18.], dtype=float32)
     """
     x = _batch(x, 4, "separable_conv2d")
-    pointwise = np.asarray(pointwise_kernel, dtype=_F32)
+    pointwise = np.asarray(pointwise_kernel, dtype=x.dtype)
     dk = np.asarray(depthwise_kernel)
     depth = x.shape[3] * (dk.shape[3] if dk.ndim == 4 else 1)
     if pointwise.ndim != 4 or pointwise.shape[:3] != (1, 1, depth):
@@ -968,7 +995,7 @@ def conv2d_transpose(
            [1., 1., 2., 1., 1.]], dtype=float32)
     """
     x = _batch(x, 4, "conv2d_transpose")
-    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     n, h, w, c = x.shape
     if kernel.ndim != 4 or kernel.shape[3] != c:
         raise ShapeError(
@@ -993,7 +1020,7 @@ def conv2d_transpose(
                 "conv2d_transpose: `output_padding` must be non-negative and strictly less than the strides. "
                 f"Received: output_padding={output_padding!r}, strides={(sh, sw)}"
             )
-    bias_ = _bias(bias, (k,), "conv2d_transpose")
+    bias_ = _bias(bias, (k,), "conv2d_transpose", x.dtype)
     oh = geometry.conv_transpose_output_length(h, fh, sh, padding, oph, dh)  # type: ignore[arg-type]
     ow = geometry.conv_transpose_output_length(w, fw, sw, padding, opw, dw)  # type: ignore[arg-type]
     top = _conv_transpose_crop(fh, sh, padding, oph, dh)
@@ -1001,10 +1028,10 @@ def conv2d_transpose(
     full_h = max((h - 1) * sh + geometry.effective_kernel(fh, dh), top + oh)
     full_w = max((w - 1) * sw + geometry.effective_kernel(fw, dw), left + ow)
     weights = kernel.transpose(3, 0, 1, 2).reshape(c, fh * fw * k)  # (C, F_h*F_w*K)
-    out = np.empty((n, oh, ow, k), _F32)
-    per_sample = h * w * fh * fw * k * 4 + full_h * full_w * k * 4
+    out = np.empty((n, oh, ow, k), x.dtype)
+    per_sample = (h * w * fh * fw * k + full_h * full_w * k) * x.itemsize
     samples = max(1, min(n, CHUNK_BYTES // max(per_sample, 1)))
-    full = np.empty((samples, full_h, full_w, k), _F32)
+    full = np.empty((samples, full_h, full_w, k), x.dtype)
     for n0 in range(0, n, samples):
         n1 = min(n, n0 + samples)
         g = n1 - n0
@@ -1041,7 +1068,7 @@ def _bilinear_axis(x: np.ndarray, axis: int, factor: int) -> np.ndarray:
     high = np.minimum(low + 1, n - 1)
     shape = [1] * x.ndim
     shape[axis] = n * factor
-    frac = (source - low).astype(_F32).reshape(shape)
+    frac = (source - low).astype(x.dtype).reshape(shape)
     below = np.take(x, low, axis=axis)
     result = np.take(x, high, axis=axis)
     result -= below
@@ -1100,7 +1127,7 @@ def reshape(x: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
     >>> reshape(np.zeros((2, 3, 4), np.float32), (-1, 2)).shape
     (2, 6, 2)
     """
-    arr = np.ascontiguousarray(x, dtype=_F32)
+    arr = np.ascontiguousarray(x, dtype=_work(x))
     target = tuple(int(v) for v in target_shape)
     size = math.prod(arr.shape[1:])
     known = math.prod(v for v in target if v != -1)
@@ -1122,7 +1149,7 @@ def permute(x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
     >>> permute(np.zeros((1, 2, 3, 4), np.float32), (3, 1, 2)).shape
     (1, 4, 2, 3)
     """
-    arr = np.asarray(x, dtype=_F32)
+    arr = np.asarray(x, dtype=_work(x))
     order = tuple(int(d) for d in dims)
     if sorted(order) != list(range(1, arr.ndim)):
         raise ShapeError(
@@ -1144,10 +1171,11 @@ def rescaling(x: np.ndarray, scale: float | np.ndarray = 1.0, offset: float | np
     >>> rescaling(np.array([0.0, 255.0], np.float32), 1 / 127.5, -1)
     array([-1.,  1.], dtype=float32)
     """
-    arr = np.asarray(x, dtype=_F32)
-    out = arr * np.asarray(scale, dtype=_F32)
-    out += np.asarray(offset, dtype=_F32)
-    return out.astype(_F32, copy=False)
+    dt = _work(x)
+    arr = np.asarray(x, dtype=dt)
+    out = arr * np.asarray(scale, dtype=dt)
+    out += np.asarray(offset, dtype=dt)
+    return out.astype(dt, copy=False)
 
 
 NORMALIZATION_EPSILON = 1e-7
@@ -1165,13 +1193,14 @@ def normalization(
     >>> normalization(np.array([3.0, 5.0], np.float32), 1.0, 4.0)
     array([1., 2.], dtype=float32)
     """
-    arr = np.asarray(x, dtype=_F32)
-    mean_ = np.asarray(mean, dtype=_F32)
-    std = np.maximum(np.sqrt(np.asarray(variance, dtype=_F32)), _F32(NORMALIZATION_EPSILON))
+    dt = _work(x)
+    arr = np.asarray(x, dtype=dt)
+    mean_ = np.asarray(mean, dtype=dt)
+    std = np.maximum(np.sqrt(np.asarray(variance, dtype=dt)), dt(NORMALIZATION_EPSILON))
     try:
         if invert:
-            return (arr * std + mean_).astype(_F32, copy=False)
-        return ((arr - mean_) / std).astype(_F32, copy=False)
+            return (arr * std + mean_).astype(dt, copy=False)
+        return ((arr - mean_) / std).astype(dt, copy=False)
     except ValueError:
         raise ShapeError(
             f"normalization: mean {mean_.shape} and variance {std.shape} do not broadcast against "
@@ -1198,7 +1227,8 @@ def layer_norm(
     >>> layer_norm(np.array([[1.0, 3.0]], np.float32), epsilon=0.0)
     array([[-1.,  1.]], dtype=float32)
     """
-    arr = np.asarray(x, dtype=_F32)
+    dt = _work(x)
+    arr = np.asarray(x, dtype=dt)
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     if not axes or any(not -arr.ndim < a < arr.ndim for a in axes) or any(a % arr.ndim == 0 for a in axes):
         raise ShapeError(
@@ -1210,14 +1240,14 @@ def layer_norm(
     for a in axes:
         shape[a] = arr.shape[a]
     normalised = tuple(arr.shape[a] for a in axes)
-    mean = arr.mean(axis=axes, keepdims=True, dtype=np.float64).astype(_F32)
+    mean = arr.mean(axis=axes, keepdims=True, dtype=np.float64).astype(dt)
     centred = arr - mean
     var = np.square(centred).mean(axis=axes, keepdims=True, dtype=np.float64)
-    centred *= (1.0 / np.sqrt(var + epsilon)).astype(_F32)
+    centred *= (1.0 / np.sqrt(var + epsilon)).astype(dt)
     for key, param in (("gamma", gamma), ("beta", beta)):
         if param is None:
             continue
-        p = np.asarray(param, dtype=_F32)
+        p = np.asarray(param, dtype=dt)
         if p.size != math.prod(normalised):
             raise ShapeError(f"layer_norm: `{key}` must have shape {normalised}. Received: shape {p.shape}")
         if key == "gamma":
@@ -1241,10 +1271,11 @@ def _leading_columns(matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return as_strided(matrix, shape=shape, strides=lead_strides + tuple(tail_strides))
 
 
-def _bias(bias: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+def _bias(bias: np.ndarray | None, shape: tuple[int, ...], what: str,
+          dtype: np.dtype[np.floating] | type[np.floating] = _F32) -> np.ndarray | None:
     if bias is None:
         return None
-    arr = np.ascontiguousarray(bias, dtype=_F32)
+    arr = np.ascontiguousarray(bias, dtype=dtype)
     if arr.shape != shape:
         raise ShapeError(f"{what}: the bias must have shape {shape}. Received: bias shape {arr.shape}")
     return arr
@@ -1281,18 +1312,18 @@ def locally_connected2d(
     strides_ = _pair(strides, (1, 1), "strides")
     n, h, w, c = x.shape
     _, oh, ow = _conv_geometry(x, (fh, fw), strides_, "valid", (1, 1), "locally_connected2d")
-    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     if kernel.ndim != 3 or kernel.shape[:2] != (oh * ow, fh * fw * c):
         raise ShapeError(
             f"locally_connected2d: the kernel must be ({oh * ow}, {fh * fw * c}, K) for input "
             f"{h}x{w}x{c}. Received: kernel shape {kernel.shape}"
         )
     k = kernel.shape[2]
-    bias_ = _bias(bias, (oh, ow, k), "locally_connected2d")
+    bias_ = _bias(bias, (oh, ow, k), "locally_connected2d", x.dtype)
     cols_per_row = fh * fw * c
-    samples, rows = _chunks(n, oh, ow * cols_per_row * 4, _chunk_budget(chunk_bytes))
-    buffer = np.empty(samples * rows * ow * cols_per_row, _F32)
-    out = np.empty((n, oh, ow, k), _F32)
+    samples, rows = _chunks(n, oh, ow * cols_per_row * x.itemsize, _chunk_budget(chunk_bytes, 0, x.itemsize))
+    buffer = np.empty(samples * rows * ow * cols_per_row, x.dtype)
+    out = np.empty((n, oh, ow, k), x.dtype)
     positions = kernel.reshape(oh, ow, cols_per_row, k)
     for n0 in range(0, n, samples):
         n1 = min(n, n0 + samples)
@@ -1366,7 +1397,7 @@ def max_pool2d(
     pads, oh, ow = _pool_geometry(x, size, strides_, padding, "max_pool2d")
     xp = _PaddedGroups(x, pads, x.shape[0], fill=-np.inf).get(0, x.shape[0])
     slices = _offsets(xp, size, strides_, (oh, ow))
-    out = np.array(next(slices), dtype=_F32, copy=True, order="C")
+    out = np.array(next(slices), dtype=x.dtype, copy=True, order="C")
     for part in slices:
         np.maximum(out, part, out=out)
     return out
@@ -1392,17 +1423,17 @@ def avg_pool2d(
         return _avg_pool_tiles(x, size)
     xp = _PaddedGroups(x, pads, x.shape[0]).get(0, x.shape[0])
     slices = _offsets(xp, size, strides_, (oh, ow))
-    out = np.array(next(slices), dtype=_F32, copy=True, order="C")
+    out = np.array(next(slices), dtype=x.dtype, copy=True, order="C")
     for part in slices:
         out += part
     if any(pads):
         counts = np.outer(
             _real_counts(h, size[0], strides_[0], pads[0], oh),
             _real_counts(w, size[1], strides_[1], pads[2], ow),
-        ).astype(_F32)
+        ).astype(x.dtype)
         out /= counts[None, :, :, None]
     else:
-        out *= _F32(1.0 / (size[0] * size[1]))
+        out *= x.dtype.type(1.0 / (size[0] * size[1]))
     return out
 
 
@@ -1414,11 +1445,11 @@ def _avg_pool_tiles(x: np.ndarray, size: Pair) -> np.ndarray:
     n, h, w, c = x.shape
     ph, pw = size
     rows = x.reshape(n * (h // ph), ph, w * c)
-    summed = np.array(rows[:, 0], dtype=_F32, copy=True)
+    summed = np.array(rows[:, 0], dtype=x.dtype, copy=True)
     for i in range(1, ph):
         summed += rows[:, i]
-    averaging = np.zeros((pw, c, c), _F32)
-    averaging[:, np.arange(c), np.arange(c)] = _F32(1.0 / (ph * pw))
+    averaging = np.zeros((pw, c, c), x.dtype)
+    averaging[:, np.arange(c), np.arange(c)] = x.dtype.type(1.0 / (ph * pw))
     out = np.matmul(summed.reshape(-1, pw * c), averaging.reshape(pw * c, c))
     return out.reshape(n, h // ph, w // pw, c)
 
@@ -1432,7 +1463,7 @@ def _real_counts(n: int, size: int, stride: int, before: int, out: int) -> np.nd
 def global_avg_pool2d(x: np.ndarray) -> np.ndarray:
     """Mean over height and width: (N, H, W, C) -> (N, C)."""
     x = _batch(x, 4, "global_avg_pool2d")
-    return x.mean(axis=(1, 2), dtype=_F32)
+    return x.mean(axis=(1, 2), dtype=x.dtype)
 
 
 def global_max_pool2d(x: np.ndarray) -> np.ndarray:
@@ -1454,7 +1485,7 @@ def zero_pad2d(x: np.ndarray, padding: tuple[int, int, int, int]) -> np.ndarray:
 
 def flatten(x: np.ndarray) -> np.ndarray:
     """(N, H, W, C) -> (N, H*W*C) in channels-last order (Keras' Flatten); a view."""
-    x = np.ascontiguousarray(x, dtype=_F32)
+    x = np.ascontiguousarray(x, dtype=_work(x))
     return x.reshape(x.shape[0], -1)
 
 
@@ -1472,14 +1503,14 @@ def dense(
         x: (N, in). kernel: (in, out). bias: (out,) or None.
     """
     x = _batch(x, 2, "dense")
-    kernel = np.ascontiguousarray(kernel, dtype=_F32)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     if kernel.ndim != 2 or kernel.shape[0] != x.shape[1]:
         raise ShapeError(
             f"dense: the kernel must be ({x.shape[1]}, units) for {x.shape[1]} inputs. "
             f"Received: kernel shape {kernel.shape}"
         )
     out = np.matmul(x, kernel)
-    _finish(out, _bias(bias, (kernel.shape[1],), "dense"), activation, alpha)
+    _finish(out, _bias(bias, (kernel.shape[1],), "dense", x.dtype), activation, alpha)
     return out
 
 
@@ -1494,7 +1525,7 @@ def batch_norm(
     """Batch normalisation at inference (Keras): gamma * (x - mean) / sqrt(var + eps) + beta
     over the last axis, folded into one scale and one shift. ``gamma`` None is
     ``scale=False`` (1), ``beta`` None is ``center=False`` (0)."""
-    x = np.ascontiguousarray(x, dtype=_F32)
+    x = np.ascontiguousarray(x, dtype=_work(x))
     d = x.shape[-1]
     values = {"gamma": gamma, "beta": beta, "moving_mean": moving_mean, "moving_variance": moving_variance}
     params: dict[str, np.ndarray] = {}
@@ -1511,8 +1542,8 @@ def batch_norm(
     shift = -params["moving_mean"] * scale
     if "beta" in params:
         shift = shift + params["beta"]
-    out = x * scale.astype(_F32)
-    out += shift.astype(_F32)
+    out = x * scale.astype(x.dtype)
+    out += shift.astype(x.dtype)
     return out
 
 
@@ -1528,7 +1559,8 @@ def dropout(
         return x
     generator = rng if rng is not None else np.random.default_rng()
     keep = generator.random(x.shape, dtype=_F32) >= _F32(rate)
-    return np.multiply(x, keep, dtype=_F32) * _F32(1.0 / (1.0 - rate))
+    dt = _work(x)
+    return np.multiply(x, keep, dtype=dt) * dt(1.0 / (1.0 - rate))
 
 
 # --------------------------------------------------------------------------------------
@@ -1572,7 +1604,8 @@ def merge(kind: str, xs: Sequence[np.ndarray], *, axis: int = -1) -> np.ndarray:
     >>> merge("multiply", [a, b])[0, 0, 0]
     array([2., 2., 2.], dtype=float32)
     """
-    arrays = [np.asarray(x, dtype=_F32) for x in xs]
+    dt: type[np.floating] = np.float64 if any(_work(x) is np.float64 for x in xs) else _F32
+    arrays = [np.asarray(x, dtype=dt) for x in xs]
     if kind not in MERGES:
         raise ModelError(
             f"Unknown value for `kind`. Allowed values are: {', '.join(MERGES)}. Received: kind={kind}"
@@ -1597,7 +1630,7 @@ def merge(kind: str, xs: Sequence[np.ndarray], *, axis: int = -1) -> np.ndarray:
             )
         return np.concatenate(arrays, axis=a_)
     arrays = _merge_broadcast(kind, arrays)
-    out = np.array(np.broadcast_to(arrays[0], np.broadcast_shapes(*(a.shape for a in arrays))), dtype=_F32)
+    out = np.array(np.broadcast_to(arrays[0], np.broadcast_shapes(*(a.shape for a in arrays))), dtype=dt)
     if kind == "subtract":
         out -= arrays[1]
         return out
@@ -1606,5 +1639,5 @@ def merge(kind: str, xs: Sequence[np.ndarray], *, axis: int = -1) -> np.ndarray:
     for other in arrays[1:]:
         combine(out, other, out=out)
     if kind == "average":
-        out /= _F32(len(arrays))
+        out /= dt(len(arrays))
     return out
