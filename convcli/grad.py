@@ -66,7 +66,9 @@ __all__ = [
     "flatten_backward",
     "global_avg_pool2d_backward",
     "global_max_pool2d_backward",
+    "grouped_conv2d_backward",
     "layer_norm_backward",
+    "layer_scale_backward",
     "locally_connected2d_backward",
     "loss_gradient",
     "max_pool2d_backward",
@@ -943,6 +945,90 @@ def depthwise_conv2d_backward(
                 dxp[where] += np.einsum("nrwcm,cm->nrwc", g5, kernel[u, v])
     dx = _crop(dxp, pads, (h, w)) if dxp is not None else None
     return dx, dkernel, (g.sum(axis=(0, 1, 2)) if use_bias else None)
+
+
+def grouped_conv2d_backward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    grad: np.ndarray,
+    *,
+    groups: int,
+    strides: int | Pair = 1,
+    padding: ops.Padding = "valid",
+    dilation: int | Pair = 1,
+    use_bias: bool = True,
+    input_gradient: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`convcli.ops.conv2d` with ``groups`` > 1 (before its activation).
+
+    As the forward, each group is its own convolution: :func:`conv2d_backward` on the
+    group's input channels, kernel columns and output-gradient channels (a loop over the
+    groups, never over positions); with one input channel per group the forward is a
+    depthwise convolution, and so is the backward (:func:`depthwise_conv2d_backward`).
+
+    Args:
+        x: (N, H, W, C). kernel: (F_h, F_w, C / groups, K). grad: (N, OH, OW, K).
+
+    Returns:
+        (dx (N, H, W, C) or None, dkernel (F_h, F_w, C / groups, K), dbias (K,) or None).
+
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> dx, dk, db = grouped_conv2d_backward(x, np.ones((2, 2, 1, 2)), np.ones((1, 1, 1, 2)), groups=2)
+    >>> dk[:, :, 0].tolist(), db.tolist()
+    ([[[0.0, 1.0], [2.0, 3.0]], [[4.0, 5.0], [6.0, 7.0]]], [1.0, 1.0])
+    """
+    dtype = _dtype(x, kernel, grad)
+    x = _array(x, dtype, 4, "grouped_conv2d_backward")
+    kernel = _array(kernel, dtype, None, "grouped_conv2d_backward")
+    c = x.shape[3]
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
+        raise ShapeError(
+            f"grouped_conv2d_backward: `groups` must be a positive divisor of the input depth {c}. "
+            f"Received: groups={groups}"
+        )
+    cg = c // groups
+    if kernel.ndim != 4 or kernel.shape[2] != cg or kernel.shape[3] % groups:
+        raise ShapeError(
+            f"grouped_conv2d_backward: with groups={groups} the kernel must be (F_h, F_w, {cg}, K) with K a "
+            f"multiple of {groups}. Received: kernel shape {kernel.shape}"
+        )
+    fh, fw, _, k = kernel.shape
+    kg = k // groups
+    if cg == 1:
+        dx, dk, dbias = depthwise_conv2d_backward(
+            x, kernel.reshape(fh, fw, groups, kg), grad, strides=strides, padding=padding, dilation=dilation,
+            use_bias=use_bias, input_gradient=input_gradient)
+        return dx, dk.reshape(fh, fw, 1, k), dbias
+    g = _array(grad, dtype, 4, "grouped_conv2d_backward")
+    dxs: list[np.ndarray] = []
+    dks: list[np.ndarray] = []
+    for i in range(groups):
+        dx_i, dk_i, _ = conv2d_backward(
+            x[..., i * cg : (i + 1) * cg], kernel[..., i * kg : (i + 1) * kg], g[..., i * kg : (i + 1) * kg],
+            strides=strides, padding=padding, dilation=dilation, use_bias=False, input_gradient=input_gradient)
+        dks.append(dk_i)
+        if dx_i is not None:
+            dxs.append(dx_i)
+    dx_all = np.concatenate(dxs, axis=3) if input_gradient else None
+    return dx_all, np.concatenate(dks, axis=3), (g.sum(axis=(0, 1, 2)) if use_bias else None)
+
+
+def layer_scale_backward(x: np.ndarray, gamma: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of ConvNeXt's LayerScale ``x * gamma`` (gamma per channel, the last axis):
+    (dx = g * gamma, dgamma = the sum of g * x over every other axis).
+
+    >>> dx, dgamma = layer_scale_backward(np.array([[1.0, 2.0]]), np.array([3.0, 4.0]), np.array([[1.0, 1.0]]))
+    >>> dx.tolist(), dgamma.tolist()
+    ([[3.0, 4.0]], [1.0, 2.0])
+    """
+    dtype = _dtype(x, gamma, grad)
+    x_ = np.asarray(x, dtype=dtype)
+    g = np.asarray(grad, dtype=dtype)
+    _check_grad(g, x_.shape, "layer_scale_backward")
+    gamma_ = np.asarray(gamma, dtype=dtype)
+    if gamma_.shape != x_.shape[-1:]:
+        raise ShapeError(f"layer_scale_backward: `gamma` must have shape {x_.shape[-1:]}. Received: shape {gamma_.shape}")
+    return g * gamma_, (g * x_).reshape(-1, x_.shape[-1]).sum(axis=0)
 
 
 def separable_conv2d_backward(

@@ -142,7 +142,10 @@ def test_dropout_masks_are_drawn_from_the_seed_and_drop_gradients() -> None:
     assert 10 < kept.sum() < 40  # about half the units are disconnected for this batch
 
 
-def test_layers_without_a_backward_are_refused_by_name() -> None:
+def test_layers_without_a_backward_are_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from convcli.layers import UpSampling2D
+
+    monkeypatch.setattr(UpSampling2D, "has_backward", False)  # every layer type has one now
     model = parse_arrow("INPUT(8,8,1) => CONV(2,3) => UPSAMPLE(2) => FLATTEN => FC(2)")
     with pytest.raises(ModelError, match=r"'up1' \(UpSampling2D\)"):
         train.check_trainable(model)

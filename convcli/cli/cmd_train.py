@@ -93,7 +93,7 @@ def _check_gradients(model: Any, weights: Path | None, seed: int, json_output: b
     table = TableSpec(
         columns=[Column("Layer"), Column("Type"), Column("Checked", justify="right"),
                  Column("Worst relative error", justify="right")],
-        title=f"{model.name}: analytic gradients against central finite differences (float32 forward)",
+        title=f"{model.name}: analytic gradients against central finite differences (float64)",
     )
     for c in checks:
         table.add_row(c.layer, c.type, str(c.checked), f"{c.worst:.1e}")

@@ -217,16 +217,20 @@ class Conv2D(_Windowed):
 
     def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
                       ctx: Context) -> tuple[np.ndarray, Any]:
-        if self.groups != 1:
-            raise ModelError(f"layer '{self.name}' (Conv2D with groups={self.groups}) has no backward pass: it cannot be trained yet")
-        z = ops().conv2d(xs[0], weights["kernel"], weights.get("bias"), **self._geometry(xs[0]))
+        kwargs: dict[str, Any] = {"groups": self.groups} if self.groups != 1 else {}
+        z = ops().conv2d(xs[0], weights["kernel"], weights.get("bias"), **self._geometry(xs[0]), **kwargs)
         return activate_train(z, self.activation, fused_alpha(self.activation))
 
     def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
                  saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
         g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
-        dx, dkernel, dbias = grads().conv2d_backward(xs[0], weights["kernel"], g, **self._geometry(xs[0]),
-                                                     use_bias=self.use_bias, input_gradient=need_input)
+        if self.groups != 1:
+            dx, dkernel, dbias = grads().grouped_conv2d_backward(
+                xs[0], weights["kernel"], g, groups=self.groups, **self._geometry(xs[0]),
+                use_bias=self.use_bias, input_gradient=need_input)
+        else:
+            dx, dkernel, dbias = grads().conv2d_backward(xs[0], weights["kernel"], g, **self._geometry(xs[0]),
+                                                         use_bias=self.use_bias, input_gradient=need_input)
         return Gradients([dx], _kernel_bias(dkernel, dbias))
 
 
@@ -278,6 +282,24 @@ class DepthwiseConv2D(_Windowed):
         function, alpha = _activation(self, ctx)
         return ops().depthwise_conv2d(xs[0], weights["depthwise_kernel"], weights.get("bias"),
                                       **self._geometry(xs[0]), activation=function, alpha=alpha)
+
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        z = ops().depthwise_conv2d(xs[0], weights["depthwise_kernel"], weights.get("bias"), **self._geometry(xs[0]))
+        return activate_train(z, self.activation, fused_alpha(self.activation))
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
+        dx, dkernel, dbias = grads().depthwise_conv2d_backward(
+            xs[0], weights["depthwise_kernel"], g, **self._geometry(xs[0]), use_bias=self.use_bias,
+            input_gradient=need_input)
+        found = {"depthwise_kernel": dkernel}
+        if dbias is not None:
+            found["bias"] = dbias
+        return Gradients([dx], found)
 
 
 @register
@@ -337,6 +359,25 @@ class SeparableConv2D(_Windowed):
         return ops().separable_conv2d(xs[0], weights["depthwise_kernel"], weights["pointwise_kernel"],
                                       weights.get("bias"), **self._geometry(xs[0]),
                                       activation=function, alpha=alpha)
+
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        z = ops().separable_conv2d(xs[0], weights["depthwise_kernel"], weights["pointwise_kernel"],
+                                   weights.get("bias"), **self._geometry(xs[0]))
+        return activate_train(z, self.activation, fused_alpha(self.activation))
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
+        dx, d_depthwise, d_pointwise, dbias = grads().separable_conv2d_backward(
+            xs[0], weights["depthwise_kernel"], weights["pointwise_kernel"], g, **self._geometry(xs[0]),
+            use_bias=self.use_bias, input_gradient=need_input)
+        found = {"depthwise_kernel": d_depthwise, "pointwise_kernel": d_pointwise}
+        if dbias is not None:
+            found["bias"] = dbias
+        return Gradients([dx], found)
 
 
 @register
@@ -428,6 +469,23 @@ class Conv2DTranspose(Layer):
         return ops().conv2d_transpose(xs[0], weights["kernel"], weights.get("bias"), strides=self.strides,
                                       padding=self.padding, output_padding=self.output_padding,
                                       dilation=self.dilation, activation=function, alpha=alpha)
+
+    has_backward: ClassVar[bool] = True
+
+    def forward_train(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray],
+                      ctx: Context) -> tuple[np.ndarray, Any]:
+        z = ops().conv2d_transpose(xs[0], weights["kernel"], weights.get("bias"), strides=self.strides,
+                                   padding=self.padding, output_padding=self.output_padding, dilation=self.dilation)
+        return activate_train(z, self.activation, fused_alpha(self.activation))
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        g = activation_grad(self.activation, fused_alpha(self.activation), saved, grad)
+        dx, dkernel, dbias = grads().conv2d_transpose_backward(
+            xs[0], weights["kernel"], g, strides=self.strides, padding=self.padding,
+            output_padding=self.output_padding, dilation=self.dilation, use_bias=self.use_bias,
+            input_gradient=need_input)
+        return Gradients([dx], _kernel_bias(dkernel, dbias))
 
 
 @register

@@ -177,7 +177,8 @@ class Dropout(Layer):
         if self.rate == 0.0 or ctx.rng is None:
             return xs[0], None
         mask = grads().dropout_mask(xs[0].shape, self.rate, ctx.rng)
-        return xs[0] * mask * np.float32(1.0 / (1.0 - self.rate)), mask
+        scale = np.float64 if xs[0].dtype == np.float64 else np.float32
+        return xs[0] * mask * scale(1.0 / (1.0 - self.rate)), mask
 
     def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
                  saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
@@ -378,6 +379,14 @@ class Rescaling(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().rescaling(xs[0], self.scale, self.offset)
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        import numpy as np
+
+        return Gradients([grads().rescaling_backward(grad, np.asarray(self.scale, grad.dtype))], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -427,6 +436,17 @@ class Normalization(Layer):
         variance = weights["variance"] if self.variance is None else self.variance
         return ops().normalization(xs[0], mean, variance, invert=self.invert)
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        # The mean and variance are statistics of the data (Keras' adapt), not trained.
+        variance = weights["variance"] if self.variance is None else self.variance
+        return Gradients([grads().normalization_backward(grad, variance, invert=self.invert)], {})
+
+    def frozen_params(self) -> tuple[str, ...]:
+        return ("mean", "variance", "count") if self.mean is None else ()
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -459,3 +479,10 @@ class LayerScale(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return xs[0] * weights["gamma"]
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        dx, dgamma = grads().layer_scale_backward(xs[0], weights["gamma"], grad)
+        return Gradients([dx], {"gamma": dgamma})

@@ -67,22 +67,28 @@ class ElementwiseMerge(Layer):
         if operands < 2:
             raise ModelError(f"layer '{self.name}' ({self.type}) needs at least two inputs; it has {len(input_shapes)}")
 
-    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+    def _operands(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The inputs, with the constant (one value per sample, broadcast) at its place."""
         operands = list(xs)
         if self.constant is not None:
             import numpy as np
 
             shape = (len(xs[0]),) + (1,) * (xs[0].ndim - 1)
-            operands.insert(self.constant_index, np.full(shape, self.constant, np.float32))
-        return ops().merge(self.kind, operands)
+            dtype = np.float64 if any(x.dtype == np.float64 for x in xs) else np.float32
+            operands.insert(self.constant_index, np.full(shape, self.constant, dtype))
+        return operands
+
+    def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
+        return ops().merge(self.kind, self._operands(xs))
 
     has_backward: ClassVar[bool] = True
 
     def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
                  saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        found = grads().merge_backward(self.kind, self._operands(xs), grad)
         if self.constant is not None:
-            raise ModelError(f"layer '{self.name}' ({self.type} with a constant) has no backward pass: it cannot be trained yet")
-        return Gradients(grads().merge_backward(self.kind, xs, grad), {})
+            del found[self.constant_index]  # a constant learns nothing
+        return Gradients(found, {})
 
 
 @register
@@ -246,6 +252,13 @@ class CustomScaleLayer(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         import numpy as np
 
-        out = xs[1] * np.float32(self.scale)
+        scale = np.float64 if xs[1].dtype == np.float64 else np.float32
+        out = xs[1] * scale(self.scale)
         out += xs[0]
         return out
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grad, grads().rescaling_backward(grad, self.scale)], {})

@@ -134,3 +134,16 @@ class LayerNormalization(_Normalizing):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().layer_norm(xs[0], weights.get("gamma"), weights.get("beta"), epsilon=self.epsilon)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        dx, dgamma, dbeta = grads().layer_norm_backward(xs[0], grad, weights.get("gamma"), epsilon=self.epsilon,
+                                                        use_beta=self.center)
+        found = {}
+        if dgamma is not None:
+            found["gamma"] = dgamma
+        if dbeta is not None:
+            found["beta"] = dbeta
+        return Gradients([dx], found)

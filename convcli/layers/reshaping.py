@@ -130,6 +130,12 @@ class Cropping2D(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().cropping2d(xs[0], self.cropping)
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().cropping2d_backward(grad, self.cropping)], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -174,6 +180,12 @@ class UpSampling2D(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().upsampling2d(xs[0], self.size, self.interpolation)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().upsampling2d_backward(xs[0].shape, grad, self.size, self.interpolation)], {})
 
 
 @register
@@ -230,6 +242,12 @@ class Reshape(Layer):
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return xs[0].reshape(len(xs[0]), *self.output_shape(tuple(xs[0].shape[1:])))
 
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().reshape_backward(xs[0].shape, grad)], {})
+
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -273,3 +291,9 @@ class Permute(Layer):
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
         return ops().permute(xs[0], self.dims)
+
+    has_backward: ClassVar[bool] = True
+
+    def backward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], out: np.ndarray,
+                 saved: Any, grad: np.ndarray, need_input: bool = True) -> Gradients:
+        return Gradients([grads().permute_backward(grad, self.dims)], {})
