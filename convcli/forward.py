@@ -253,10 +253,10 @@ class _Step(NamedTuple):
         return _fold_batch_norm(self.node.layer, weights, bn, _layer_weights(params, self.batch_norm))
 
 
-def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.BatchNormalization,
-                     bn_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The weights of ``layer`` followed by inference-mode batch norm, as one layer:
-    y = (x*W + b - mean) * s + beta with s = gamma / sqrt(var + eps) is x*(W s) + (b - mean) s + beta."""
+def _bn_affine(bn: L.Layer, bn_weights: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode batch norm as y * scale + shift per channel (float64):
+    scale = gamma / sqrt(var + eps), shift = beta - mean * scale."""
+    assert isinstance(bn, L.BatchNormalization)
     var = bn_weights["moving_variance"].astype(np.float64)
     scale = 1.0 / np.sqrt(var + bn.epsilon)
     if "gamma" in bn_weights:
@@ -264,6 +264,14 @@ def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.Batch
     shift = -bn_weights["moving_mean"] * scale
     if "beta" in bn_weights:
         shift = shift + bn_weights["beta"]
+    return scale, shift
+
+
+def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.BatchNormalization,
+                     bn_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights of ``layer`` followed by inference-mode batch norm, as one layer:
+    y = (x*W + b - mean) * s + beta with s = gamma / sqrt(var + eps) is x*(W s) + (b - mean) s + beta."""
+    scale, shift = _bn_affine(bn, bn_weights)
     folded = dict(weights)
     if isinstance(layer, L.DepthwiseConv2D):
         kernel = weights["depthwise_kernel"]
@@ -279,10 +287,11 @@ def _fold_batch_norm(layer: L.Layer, weights: dict[str, np.ndarray], bn: L.Batch
     return {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in folded.items()}
 
 
-def _plan(model: L.Model, fuse: bool) -> list[_Step]:
+def _plan(model: L.Model, fuse: bool, can_fold: Callable[[L.Node], bool] = lambda node: True) -> list[_Step]:
     """The steps of the pass. With ``fuse``, a batch norm whose input is a conv or dense
-    layer's output (its only reader) is folded into that layer's weights, and an Activation
-    reading only that result is applied on each output chunk (not glu: it changes the shape)."""
+    layer's output (its only reader) is folded into that layer's weights (when
+    ``can_fold(its node)``), and an Activation reading only that result is applied on each
+    output chunk (not glu: it changes the shape)."""
     nodes = model.nodes()
     readers: dict[str, list[L.Node]] = {}
     for node in nodes:
@@ -304,7 +313,8 @@ def _plan(model: L.Model, fuse: bool) -> list[_Step]:
         output = layer.name
         if fuse and isinstance(layer, _FUSABLE) and layer.activation is None:
             following = only_reader(output)
-            if following is not None and isinstance(following.layer, L.BatchNormalization):
+            if (following is not None and isinstance(following.layer, L.BatchNormalization)
+                    and can_fold(following)):
                 batch_norm = following
                 absorbed.add(following.layer.name)
                 output = following.layer.name
@@ -327,19 +337,23 @@ def run(
     seed: int = 0,
     on_layer: LayerCallback | None = None,
     rng: np.random.Generator | None = None,
+    stats: Mapping[str, LayerStats] | None = None,
 ) -> np.ndarray:
     """Run ``model`` on the batch ``x`` (N, *model.input_shape) and return its output.
 
     The layers run in graph order; each output is released as soon as its last reader has
     run. Without ``on_layer``, a batch norm after a conv or dense layer is folded into its
     weights, an Activation after it is applied on each output chunk while it is in cache,
-    and other element-wise activations overwrite arrays no later layer needs.
+    and other element-wise activations overwrite arrays no later layer needs; ``stats``
+    (from :func:`layer_stats`) then gathers every layer's time and statistics on the way,
+    those of a conv or dense step from each output block while it is in cache.
 
     Args:
         params: ``"<layer>.<param>"`` -> array (from :func:`init_params` or :func:`load_weights`).
         train_dropout: apply inverted dropout (probability ``rate``) instead of the identity.
         seed: seeds the dropout masks (ignored when ``rng`` is given).
-        on_layer: called as ``on_layer(layer, output, seconds)`` after every layer.
+        on_layer: called as ``on_layer(layer, output, seconds)`` after every layer, each
+            computed on its own (no folding or fusing: every layer's output exists).
         rng: a generator to draw dropout masks from (to continue one stream across batches).
 
     Raises:
@@ -364,22 +378,32 @@ def run(
             readers[source] = readers.get(source, 0) + 1
     values: dict[str, np.ndarray] = {model.input_name: x}
     owned: set[str] = set()  # arrays made here, which an in-place activation may overwrite
-    for step in _plan(model, fuse=on_layer is None):
+    def can_fold(bn: L.Node) -> bool:  # statistics undo the batch norm: no zero scale
+        return stats is None or bool(np.all(_bn_affine(bn.layer, _layer_weights(params, bn))[0] != 0))
+
+    for step in _plan(model, fuse=on_layer is None, can_fold=can_fold):
         node, layer = step.node, step.node.layer
         xs = [values[source] for source in node.inputs]
         inplace = (
             on_layer is None and len(node.inputs) == 1 and node.inputs[0] in owned
             and readers[node.inputs[0]] == 1
         )
+        observer = _StepObserver(step, stats) if stats is not None and isinstance(layer, _FUSABLE) else None
         ctx = L.Context(
             train_dropout=train_dropout, rng=generator, inplace=inplace,
             activation=step.activation.function if step.activation else None,
             alpha=step.activation.alpha if step.activation else None,
+            observe=observer,
         )
         start = time.perf_counter()
         out = layer.forward(step.weights(params), xs, ctx)
+        seconds = time.perf_counter() - start
         if on_layer is not None:
-            on_layer(layer, out, time.perf_counter() - start)
+            on_layer(layer, out, seconds)
+        if observer is not None:
+            observer.close(seconds, params)
+        elif stats is not None:
+            stats[step.output].add(out, seconds)
         values[step.output] = out
         if out is not x and not any(np.may_share_memory(out, v) for v in xs):
             owned.add(step.output)
@@ -405,6 +429,7 @@ def run_batches(
     seed: int = 0,
     on_layer: LayerCallback | None = None,
     on_batch: Callable[[int], None] | None = None,
+    stats: Mapping[str, LayerStats] | None = None,
 ) -> np.ndarray:
     """:func:`run` on ``x`` in batches of ``batch_size`` (bounded activation memory).
 
@@ -419,7 +444,7 @@ def run_batches(
     n = len(x)
     for start in range(0, n, batch_size):
         part = run(model, x[start : start + batch_size], params, train_dropout=train_dropout,
-                   on_layer=on_layer, rng=generator)
+                   on_layer=on_layer, rng=generator, stats=stats)
         if out is None:
             out = np.empty((n, *part.shape[1:]), np.float32)
         out[start : start + len(part)] = part
@@ -442,9 +467,62 @@ def is_softmax_output(model: L.Model) -> bool:
     return L.output_activation(last) == "softmax"
 
 
+class _Running:
+    """Running minimum, maximum, sum and count of arrays seen in blocks of rows (positions,
+    channels): over everything, or per channel (to undo a folded batch norm afterwards);
+    with ``zeros``, the number of exact zeros too."""
+
+    def __init__(self, per_channel: bool = False, zeros: bool = False):
+        self.per_channel = per_channel
+        self.zeros: int | None = 0 if zeros else None
+        self.minimum: Any = math.inf
+        self.maximum: Any = -math.inf
+        self.total: Any = 0.0
+        self.count = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Fold in ``rows`` (any shape overall; (positions, channels) per channel)."""
+        if not rows.size:
+            return
+        if self.per_channel:
+            self.minimum = np.minimum(self.minimum, rows.min(axis=0))
+            self.maximum = np.maximum(self.maximum, rows.max(axis=0))
+            self.total = self.total + rows.sum(axis=0, dtype=np.float64)
+            self.count += len(rows)
+        else:
+            self.minimum = min(self.minimum, float(rows.min()))
+            self.maximum = max(self.maximum, float(rows.max()))
+            self.total += float(rows.sum(dtype=np.float64))
+            self.count += rows.size
+        if self.zeros is not None:
+            self.zeros += rows.size - int(np.count_nonzero(rows))
+
+    def overall(self) -> tuple[float, float, float, int]:
+        """(minimum, maximum, sum, count) over every value seen."""
+        if not self.per_channel:
+            return self.minimum, self.maximum, self.total, self.count
+        if not self.count:
+            return math.inf, -math.inf, 0.0, 0
+        channels = len(self.total)
+        return float(self.minimum.min()), float(self.maximum.max()), float(self.total.sum()), self.count * channels
+
+    def undo(self, scale: np.ndarray, shift: np.ndarray) -> tuple[float, float, float, int]:
+        """:meth:`overall` of the values y that were seen as y * scale + shift per channel
+        (scale never 0): a layer's output from that of the batch norm folded into it."""
+        assert self.per_channel
+        if not self.count:
+            return math.inf, -math.inf, 0.0, 0
+        low = (self.minimum - shift) / scale
+        high = (self.maximum - shift) / scale
+        total = (self.total - self.count * shift) / scale
+        return (float(np.minimum(low, high).min()), float(np.maximum(low, high).max()), float(total.sum()),
+                self.count * len(total))
+
+
 class LayerStats:
     """Output statistics of one layer, accumulated over batches: time, min, mean, max and,
-    after a ReLU, the fraction of exact zeros (dead or inactive units)."""
+    after a ReLU, the fraction of exact zeros (dead or inactive units). A batch norm folded
+    into the layer before it has no time of its own (``folded_into`` names that layer)."""
 
     def __init__(self, layer: L.Layer, output_shape: tuple[int, ...]):
         self.layer = layer
@@ -456,17 +534,24 @@ class LayerStats:
         self.count = 0
         self.zeros = 0
         self.relu = is_relu_output(layer)
+        self.folded_into: str | None = None
 
     def add(self, output: np.ndarray, seconds: float) -> None:
         """Fold in one batch's output."""
+        running = _Running(zeros=self.relu)
+        running.add(output)
+        self.merge(running.overall(), seconds, running.zeros)
+
+    def merge(self, summary: tuple[float, float, float, int], seconds: float, zeros: int | None = None) -> None:
+        """Fold in (minimum, maximum, sum, count) of one batch's output, and its zeros."""
+        minimum, maximum, total, count = summary
         self.seconds += seconds
-        if output.size:
-            self.minimum = min(self.minimum, float(output.min()))
-            self.maximum = max(self.maximum, float(output.max()))
-            self.total += float(output.sum(dtype=np.float64))
-            self.count += output.size
-            if self.relu:
-                self.zeros += output.size - int(np.count_nonzero(output))
+        if count:
+            self.minimum = min(self.minimum, minimum)
+            self.maximum = max(self.maximum, maximum)
+            self.total += total
+            self.count += count
+            self.zeros += zeros or 0
 
     @property
     def mean(self) -> float:
@@ -483,7 +568,7 @@ class LayerStats:
         def finite(value: float) -> float | None:
             return value if math.isfinite(value) else None
 
-        return {
+        document: dict[str, object] = {
             "name": self.layer.name,
             "type": self.layer.type,
             "output_shape": list(self.output_shape),
@@ -493,17 +578,59 @@ class LayerStats:
             "max": finite(self.maximum),
             "zero_fraction": self.zero_fraction,
         }
+        if self.folded_into is not None:
+            document["folded_into"] = self.folded_into
+        return document
 
 
-def layer_stats(model: L.Model) -> tuple[list[LayerStats], LayerCallback]:
-    """One :class:`LayerStats` per layer and the ``on_layer`` callback that fills them."""
-    stats = [LayerStats(layer, out_shape) for layer, _, out_shape in model.shapes()]
-    by_name = {s.layer.name: s for s in stats}
+class _StepObserver:
+    """The statistics of one fused step — its layer, the batch norm folded into it, the
+    activation applied on each block — taken from each output block while it is in cache
+    (a :class:`convcli.ops.BlockObserver`), then handed to their :class:`LayerStats`."""
 
-    def on_layer(layer: L.Layer, output: np.ndarray, seconds: float) -> None:
-        by_name[layer.name].add(output, seconds)
+    def __init__(self, step: _Step, stats: Mapping[str, LayerStats]):
+        self.step = step
+        self.stats = stats
+        activated = step.activation is not None
+        per_channel = step.batch_norm is not None
+        out_row = step.output if activated else step.node.layer.name
+        # before the activation: the layer's (or folded batch norm's) output
+        self.before = _Running(per_channel) if activated else None
+        self.after = _Running(per_channel and not activated, zeros=stats[out_row].relu)
+        self.activation_seconds = 0.0
+        self._activation_start = 0.0
 
-    return stats, on_layer
+    def before_activation(self, block: np.ndarray) -> None:
+        if self.before is not None:
+            self.before.add(block)
+            self._activation_start = time.perf_counter()
+
+    def finished(self, block: np.ndarray) -> None:
+        if self.before is not None:
+            self.activation_seconds += time.perf_counter() - self._activation_start
+        self.after.add(block)
+
+    def close(self, seconds: float, params: Mapping[str, np.ndarray]) -> None:
+        """Hand the batch's statistics to the step's layers (``seconds``: the whole step)."""
+        step = self.step
+        layer_out = self.before if self.before is not None else self.after
+        if step.activation is not None:
+            self.stats[step.activation.name].merge(self.after.overall(), self.activation_seconds, self.after.zeros)
+        if step.batch_norm is not None:
+            bn = self.stats[step.batch_norm.layer.name]
+            bn.folded_into = step.node.layer.name
+            bn.merge(layer_out.overall(), 0.0)
+            scale, shift = _bn_affine(step.batch_norm.layer, _layer_weights(params, step.batch_norm))
+            summary = layer_out.undo(scale, shift)
+        else:
+            summary = layer_out.overall()
+        own_zeros = self.after.zeros if layer_out is self.after else None
+        self.stats[step.node.layer.name].merge(summary, seconds - self.activation_seconds, own_zeros)
+
+
+def layer_stats(model: L.Model) -> dict[str, LayerStats]:
+    """One :class:`LayerStats` per layer, by name in the model's order, for :func:`run`'s ``stats``."""
+    return {layer.name: LayerStats(layer, out_shape) for layer, _, out_shape in model.shapes()}
 
 
 def top_k(probs: np.ndarray, k: int = 5, class_names: tuple[str, ...] | None = None) -> list[list[tuple[int, str, float]]]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
@@ -580,19 +580,40 @@ def activate(
     return function(x, alpha, x if inplace else None)
 
 
+class BlockObserver(Protocol):
+    """Watches a layer's output block by block while each block is in cache (statistics
+    for ``convcli run``'s table without another pass over the whole output). Blocks come
+    as (positions, channels) arrays and must not be modified."""
+
+    def before_activation(self, block: np.ndarray) -> None:
+        """The block with its bias, before the fused activation (called only when one is applied)."""
+
+    def finished(self, block: np.ndarray) -> None:
+        """The block as it is written to the output."""
+
+
 def _finish(
     block: np.ndarray, bias: np.ndarray | None, activation: str | None, alpha: float | None,
-    channels: int | None = None,
+    channels: int | None = None, observe: BlockObserver | None = None,
 ) -> None:
     """Bias and activation, in place, on a freshly computed output block (rows of
-    ``channels`` values for softmax when a row holds several positions)."""
+    ``channels`` values for softmax when a row holds several positions), shown to
+    ``observe`` before and after the activation."""
     if bias is not None:
         block += bias
+    # what the observer sees: one row per position (a copy only for a strided block)
+    rows = block.reshape(-1, channels or block.shape[-1]) if observe is not None else block
     if activation is not None and activation != "linear":
         if activation == "glu":
             raise ModelError("glu halves the channels, so it cannot be fused into a layer: apply it on its own")
+        if observe is not None:
+            observe.before_activation(rows)
         target = block if channels is None else block.reshape(-1, channels)
         activate(target, activation, alpha, inplace=True)
+        if observe is not None and not np.may_share_memory(rows, block):
+            rows = block.reshape(-1, rows.shape[1])
+    if observe is not None:
+        observe.finished(rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -684,6 +705,7 @@ def conv2d(
     dilation: int | Pair = 1,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
     chunk_bytes: int | None = None,
     groups: int = 1,
 ) -> np.ndarray:
@@ -701,6 +723,7 @@ def conv2d(
         padding: "valid", "same" (Keras: extra row/column at the bottom/right), an
             integer P (zeros on every side, the lecture's P) or (top, bottom, left, right).
         activation, alpha: fused activation (Keras' ``activation=``), see :func:`activate`.
+        observe: shown each output block before and after the activation (:class:`BlockObserver`).
         chunk_bytes: im2col buffer size per chunk (default :data:`CHUNK_BYTES`, never
             more than :data:`IM2COL_BUDGET_BYTES`).
 
@@ -718,7 +741,8 @@ def conv2d(
     x = _batch(x, 4, "conv2d")
     kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     if groups != 1:
-        return _grouped_conv2d(x, kernel, bias, strides, padding, dilation, activation, alpha, chunk_bytes, groups)
+        return _grouped_conv2d(x, kernel, bias, strides, padding, dilation, activation, alpha, chunk_bytes, groups,
+                               observe)
     if kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
         raise ShapeError(
             f"conv2d: the kernel must be (F_h, F_w, {x.shape[3]}, K) for an input of depth "
@@ -737,7 +761,7 @@ def conv2d(
         # 1x1 convolution: the input already is the im2col matrix.
         flat_out = out.reshape(-1, k)
         np.matmul(x.reshape(-1, c), weights, out=flat_out)
-        _finish(flat_out, bias_, activation, alpha)
+        _finish(flat_out, bias_, activation, alpha, observe=observe)
         return out
 
     group = _column_group(ow, k, fw, strides_[1], dilation_[1])
@@ -786,13 +810,14 @@ def conv2d(
             start = (n0 * oh + r0) * row_positions  # whole samples, or rows of one sample
             block = out_matrix[start : start + m]
             np.matmul(matrix, weights, out=block)
-            _finish(block, None, activation, alpha, k)
+            _finish(block, None, activation, alpha, k, observe)
     return out
 
 
 def _grouped_conv2d(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, strides: int | Pair, padding: Padding,
     dilation: int | Pair, activation: str | None, alpha: float | None, chunk_bytes: int | None, groups: int,
+    observe: BlockObserver | None = None,
 ) -> np.ndarray:
     """:func:`conv2d` with ``groups`` > 1: one im2col product per group (a Python loop
     over the groups, never over positions), or the depthwise kernel when each group has
@@ -813,7 +838,7 @@ def _grouped_conv2d(
         # Output channel c*m + j of group c is the depthwise layout (F_h, F_w, C, m).
         depthwise = kernel.reshape(fh, fw, groups, k // groups)
         return depthwise_conv2d(x, depthwise, bias, strides=strides, padding=padding, dilation=dilation,
-                                activation=activation, alpha=alpha)
+                                activation=activation, alpha=alpha, observe=observe)
     bias_ = _bias(bias, (k,), "conv2d", x.dtype)
     kg = k // groups
     parts = [
@@ -823,7 +848,7 @@ def _grouped_conv2d(
         for g in range(groups)
     ]
     out = np.concatenate(parts, axis=3)
-    _finish(out, None, activation, alpha, k)  # after the groups: softmax spans all channels
+    _finish(out, None, activation, alpha, k, observe)  # after the groups: softmax spans all channels
     return out
 
 
@@ -843,6 +868,7 @@ def depthwise_conv2d(
     dilation: int | Pair = 1,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (Keras ``DepthwiseConv2D``): each input channel is filtered
     on its own by ``m`` filters of its own.
@@ -904,7 +930,7 @@ def depthwise_conv2d(
             view = as_strided(xp, shape=(n1 - n0, oh, fh, fw, ow, c),
                               strides=(sn, sr * sh, sr * dh, sc * dw, sc * sw, se))
             np.einsum("nrfgoc,fgcm->nrocm", view, weights, out=block.reshape(n1 - n0, oh, ow, c, m))
-        _finish(block, bias_, activation, alpha, cm)
+        _finish(block, bias_, activation, alpha, cm, observe)
     return out
 
 
@@ -919,6 +945,7 @@ def separable_conv2d(
     dilation: int | Pair = 1,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
 ) -> np.ndarray:
     """Depthwise-separable convolution (Keras ``SeparableConv2D``): :func:`depthwise_conv2d`
     without bias, then the 1x1 convolution ``pointwise_kernel`` (1, 1, C*m, K) with the
@@ -938,7 +965,7 @@ def separable_conv2d(
             f"of {depth} channels. Received: pointwise kernel shape {pointwise.shape}"
         )
     middle = depthwise_conv2d(x, depthwise_kernel, None, strides=strides, padding=padding, dilation=dilation)
-    return conv2d(middle, pointwise, bias, activation=activation, alpha=alpha)
+    return conv2d(middle, pointwise, bias, activation=activation, alpha=alpha, observe=observe)
 
 
 def _conv_transpose_crop(kernel: int, stride: int, padding: str, output_padding: int | None, dilation: int) -> int:
@@ -965,6 +992,7 @@ def conv2d_transpose(
     dilation: int | Pair = 1,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
 ) -> np.ndarray:
     """Transposed convolution (Keras ``Conv2DTranspose``): each input pixel spreads its
     values over a F_h x F_w patch of the output, patches S apart.
@@ -1044,7 +1072,7 @@ def conv2d_transpose(
                     patches[:, :, :, u, v]
         block = out[n0:n1]
         block[...] = canvas[:, top : top + oh, left : left + ow]
-        _finish(block, bias_, activation, alpha, k)
+        _finish(block, bias_, activation, alpha, k, observe)
     return out
 
 
@@ -1290,6 +1318,7 @@ def locally_connected2d(
     strides: int | Pair = 1,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
     chunk_bytes: int | None = None,
 ) -> np.ndarray:
     """Locally connected layer (Keras ``LocallyConnected2D``, valid padding): a convolution
@@ -1338,7 +1367,7 @@ def locally_connected2d(
             result = np.matmul(cols.transpose(1, 0, 2), positions[r0:r1].reshape(p, cols_per_row, k))
             block = out[n0:n1, r0:r1]
             block[...] = result.reshape(r1 - r0, ow, g, k).transpose(2, 0, 1, 3)
-            _finish(block, None if bias_ is None else bias_[r0:r1], activation, alpha)
+            _finish(block, None if bias_ is None else bias_[r0:r1], activation, alpha, observe=observe)
     return out
 
 
@@ -1496,6 +1525,7 @@ def dense(
     *,
     activation: str | None = None,
     alpha: float | None = None,
+    observe: BlockObserver | None = None,
 ) -> np.ndarray:
     """Fully connected layer: x @ kernel + bias, then the fused activation.
 
@@ -1510,7 +1540,7 @@ def dense(
             f"Received: kernel shape {kernel.shape}"
         )
     out = np.matmul(x, kernel)
-    _finish(out, _bias(bias, (kernel.shape[1],), "dense", x.dtype), activation, alpha)
+    _finish(out, _bias(bias, (kernel.shape[1],), "dense", x.dtype), activation, alpha, observe=observe)
     return out
 
 

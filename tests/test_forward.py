@@ -206,14 +206,14 @@ def test_run_batches_equals_one_pass(batch_size: int) -> None:
     params = random_params(model, 10)
     x = np.random.default_rng(11).random((5, 12, 12, 1), dtype=np.float32)
     done: list[int] = []
-    stats, collect = forward.layer_stats(model)
-    out = forward.run_batches(model, x, params, batch_size=batch_size, on_layer=collect, on_batch=done.append)
+    stats = forward.layer_stats(model)
+    out = forward.run_batches(model, x, params, batch_size=batch_size, stats=stats, on_batch=done.append)
     np.testing.assert_allclose(out, forward.run(model, x, params), rtol=1e-6, atol=1e-7)
     assert sum(done) == 5 and len(done) == -(-5 // batch_size)
     # statistics over all batches = statistics of the whole output of each layer
     seen: dict[str, np.ndarray] = {}
     forward.run(model, x, params, on_layer=lambda layer, y, s: seen.__setitem__(layer.name, y.copy()))
-    for s in stats:
+    for s in stats.values():
         whole = seen[s.layer.name]
         assert s.minimum == pytest.approx(float(whole.min()), abs=1e-6)
         assert s.maximum == pytest.approx(float(whole.max()), abs=1e-6)
@@ -222,7 +222,7 @@ def test_run_batches_equals_one_pass(batch_size: int) -> None:
             assert s.zero_fraction == pytest.approx(float((whole == 0).mean()))
         else:
             assert s.zero_fraction is None
-    assert stats[0].to_json()["name"] == "conv1"
+    assert stats["conv1"].to_json()["name"] == "conv1"
 
 
 def test_run_errors() -> None:
@@ -257,3 +257,41 @@ def test_run_agrees_with_pytorch() -> None:
     t = torch.softmax(t @ torch.from_numpy(params["fc1.kernel"]) + torch.from_numpy(params["fc1.bias"]), dim=1)
     np.testing.assert_allclose(forward.run(model, x, params), t.numpy(), rtol=1e-4, atol=1e-6)
 
+
+
+FUSED = (
+    "INPUT(11,11,3) => CONV(8,3,pad=same) => BN => RELU => DWCONV(3,pad=same) => BN => RELU6"
+    " => SEPCONV(6,3) => BN => SIGMOID => CONV(6,3,groups=2,activation=relu) => LOCAL(4,3) => RELU"
+    " => BN => CONV(5,1) => BN => FLATTEN => FC(5) => BN => SOFTMAX"
+)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7])
+def test_stats_of_the_fused_pass_equal_those_of_each_layer_computed_alone(batch_size: int) -> None:
+    """``stats`` gathered on the fused pass (batch norms folded, activations applied per block,
+    statistics of each block) equal numpy's min/max/mean of every layer's own output, and the
+    fused pass returns what the layer-by-layer pass returns."""
+    model = parse_arrow(FUSED)
+    params = random_params(model, 3)
+    params["bn2.gamma"][1] = 0  # a zero scale: this batch norm cannot be undone, so it is not folded
+    x = np.random.default_rng(4).random((7, 11, 11, 3), dtype=np.float32)
+    stats = forward.layer_stats(model)
+    out = forward.run_batches(model, x, params, batch_size=batch_size, stats=stats)
+    seen: dict[str, np.ndarray] = {}
+    expected = forward.run(model, x, params, on_layer=lambda layer, y, s: seen.__setitem__(layer.name, y.copy()))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert list(stats) == [layer.name for layer in model.layers]
+    for s in stats.values():
+        whole = seen[s.layer.name].astype(np.float64)
+        scale = float(np.abs(whole).max())
+        assert s.minimum == pytest.approx(whole.min(), abs=2e-5 * scale), s.layer.name
+        assert s.maximum == pytest.approx(whole.max(), abs=2e-5 * scale), s.layer.name
+        assert s.mean == pytest.approx(whole.mean(), abs=2e-5 * scale), s.layer.name
+        assert s.count == whole.size
+        if s.relu:
+            assert s.zero_fraction == pytest.approx(float((whole == 0).mean())), s.layer.name
+    folded = {s.layer.name: s.folded_into for s in stats.values() if s.folded_into}
+    assert folded == {"bn1": "conv1", "bn3": "sepconv1", "bn5": "conv3", "bn6": "fc1"}  # bn2: zero scale; bn4: after an activation
+    assert stats["bn1"].seconds == 0 and stats["bn1"].to_json()["folded_into"] == "conv1"
+    assert stats["conv1"].seconds > 0 and stats["relu1"].seconds > 0
+    assert "folded_into" not in stats["conv1"].to_json()

@@ -140,17 +140,18 @@ def _print_table(
     )
     for s in stats:
         row = [
-            s.layer.name, _short_type(s.layer), _shape(s.output_shape), _milliseconds(s.seconds),
+            s.layer.name, _short_type(s.layer), _shape(s.output_shape),
+            "-" if s.folded_into else _milliseconds(s.seconds),
             _number(s.minimum), _number(s.mean), _number(s.maximum),
         ]
         if relu:
             row.append("" if s.zero_fraction is None else f"{s.zero_fraction:.1%}")
         table.add_row(*row)
     print_table(table, out_console, hint="--json")
-    print_pairs(
-        [("forward pass", f"{total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")],
-        out_console, label_style="", align=False,
-    )
+    pairs = [("forward pass", f"{total * 1e3:.1f} ms; wall time {wall * 1e3:.0f} ms with start-up and reading inputs")]
+    if any(s.folded_into for s in stats):
+        pairs.append(("-", "a batch norm folded into the layer above it; its time is in that row"))
+    print_pairs(pairs, out_console, label_style="", align=False)
 
 
 def _print_top(top: list[list[tuple[int, str, float]]], labels: list[str]) -> None:
@@ -282,18 +283,21 @@ def run_command(
         params = forward.init_params(model, seed=seed)
         weights_note = f"random weights (He normal, seed {seed})"
 
-    stats, collect = forward.layer_stats(model)
+    stats = forward.layer_stats(model)
     # feature maps of the first input: the input itself, then every layer with a 3-D output
+    # (every layer computed on its own, so that each output exists)
     maps: dict[str, tuple[str, str, Any]] = {}
-    if save_maps is not None and len(model.input_shape) == 3:
-        maps["input"] = ("00-input", f"input {_shape(tuple(model.input_shape))}", x[0])
-    position = {layer.name: index for index, layer in enumerate(model.layers, 1)}
+    on_layer = None
+    if save_maps is not None:
+        if len(model.input_shape) == 3:
+            maps["input"] = ("00-input", f"input {_shape(tuple(model.input_shape))}", x[0])
+        position = {layer.name: index for index, layer in enumerate(model.layers, 1)}
 
-    def on_layer(layer: Any, out: np.ndarray, seconds: float) -> None:
-        collect(layer, out, seconds)
-        if save_maps is not None and out.ndim == 4 and layer.name not in maps:
-            maps[layer.name] = (f"{position[layer.name]:02d}-{layer.name}",
-                                f"{layer.name} ({layer.type}) {_shape(out.shape[1:])}", out[0].copy())
+        def on_layer(layer: Any, out: np.ndarray, seconds: float) -> None:
+            stats[layer.name].add(out, seconds)
+            if out.ndim == 4 and layer.name not in maps:
+                maps[layer.name] = (f"{position[layer.name]:02d}-{layer.name}",
+                                    f"{layer.name} ({layer.type}) {_shape(out.shape[1:])}", out[0].copy())
 
     progress = None
     on_batch = None
@@ -316,7 +320,8 @@ def run_command(
         progress.start()
     try:
         result = forward.run_batches(model, x, params, batch_size=batch_size, train_dropout=train_dropout,
-                                     seed=seed, on_layer=on_layer, on_batch=on_batch)
+                                     seed=seed, on_layer=on_layer, on_batch=on_batch,
+                                     stats=None if on_layer is not None else stats)
     finally:
         if progress is not None:
             progress.stop()
@@ -339,7 +344,7 @@ def run_command(
             "seed": seed,
             "output_shape": list(result.shape),
             "output": result.tolist(),
-            "layers": [s.to_json() for s in stats],
+            "layers": [s.to_json() for s in stats.values()],
         }
         if top is not None:
             document["top"] = [
@@ -349,7 +354,7 @@ def run_command(
             document["maps"] = [str(p) for p in written]
         print_json(document)
         return
-    _print_table(model, stats, labels, weights_note, time.perf_counter() - started)
+    _print_table(model, list(stats.values()), labels, weights_note, time.perf_counter() - started)
     if top is not None:
         _print_top(top, labels)
     if output is not None:

@@ -62,6 +62,9 @@ class Context:
     alpha: float | None = None
     inplace: bool = False
     """The input array is not needed after this layer: an element-wise layer may overwrite it."""
+    observe: Any = None
+    """A :class:`convcli.ops.BlockObserver` shown each output block of a fusable layer (conv,
+    dense, locally connected) before and after its activation, while the block is in cache."""
 
 
 def shape_text(shape: Shape) -> str:

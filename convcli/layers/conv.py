@@ -50,10 +50,12 @@ def fused_alpha(activation: str | None) -> float | None:
     return FUSED_LEAKY_RELU_ALPHA if activation == "leaky_relu" else None
 
 
-def _activation(layer: Any, ctx: Context) -> tuple[str | None, float | None]:
+def finishing(layer: Any, ctx: Context) -> dict[str, Any]:
+    """The keyword arguments that end a fusable layer's op: the activation fused into it
+    (a following Activation layer's, else its own) and the block observer."""
     if ctx.activation is not None:
-        return ctx.activation, ctx.alpha
-    return layer.activation, fused_alpha(layer.activation)
+        return {"activation": ctx.activation, "alpha": ctx.alpha, "observe": ctx.observe}
+    return {"activation": layer.activation, "alpha": fused_alpha(layer.activation), "observe": ctx.observe}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,10 +210,9 @@ class Conv2D(_Windowed):
         return out_h * out_w * self.filters * math.prod(self.kernel_size) * self._depth(input_shapes[0])
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = _activation(self, ctx)
         kwargs: dict[str, Any] = {"groups": self.groups} if self.groups != 1 else {}
         return ops().conv2d(xs[0], weights["kernel"], weights.get("bias"), **self._geometry(xs[0]),
-                            activation=function, alpha=alpha, **kwargs)
+                            **finishing(self, ctx), **kwargs)
 
     has_backward: ClassVar[bool] = True
 
@@ -279,9 +280,8 @@ class DepthwiseConv2D(_Windowed):
         return shape[0] * shape[1]
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = _activation(self, ctx)
         return ops().depthwise_conv2d(xs[0], weights["depthwise_kernel"], weights.get("bias"),
-                                      **self._geometry(xs[0]), activation=function, alpha=alpha)
+                                      **self._geometry(xs[0]), **finishing(self, ctx))
 
     has_backward: ClassVar[bool] = True
 
@@ -355,10 +355,9 @@ class SeparableConv2D(_Windowed):
         return shape[0] * shape[1] if param == "depthwise_kernel" else shape[2]
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = _activation(self, ctx)
         return ops().separable_conv2d(xs[0], weights["depthwise_kernel"], weights["pointwise_kernel"],
                                       weights.get("bias"), **self._geometry(xs[0]),
-                                      activation=function, alpha=alpha)
+                                      **finishing(self, ctx))
 
     has_backward: ClassVar[bool] = True
 
@@ -465,10 +464,9 @@ class Conv2DTranspose(Layer):
         return self.activation
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = _activation(self, ctx)
         return ops().conv2d_transpose(xs[0], weights["kernel"], weights.get("bias"), strides=self.strides,
                                       padding=self.padding, output_padding=self.output_padding,
-                                      dilation=self.dilation, activation=function, alpha=alpha)
+                                      dilation=self.dilation, **finishing(self, ctx))
 
     has_backward: ClassVar[bool] = True
 
@@ -548,10 +546,9 @@ class LocallyConnected2D(_Windowed):
         return shape[1]
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = _activation(self, ctx)
         return ops().locally_connected2d(xs[0], weights["kernel"], weights.get("bias"),
                                          kernel_size=self.kernel_size, strides=self.strides,
-                                         activation=function, alpha=alpha)
+                                         **finishing(self, ctx))
 
     has_backward: ClassVar[bool] = True
 

@@ -28,7 +28,7 @@ from convcli.layers.base import (
     register,
     shape_text,
 )
-from convcli.layers.conv import check_positive, fused_alpha
+from convcli.layers.conv import check_positive, finishing, fused_alpha
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -89,10 +89,9 @@ class Dense(Layer):
         return self.activation
 
     def forward(self, weights: Mapping[str, np.ndarray], xs: Sequence[np.ndarray], ctx: Context) -> np.ndarray:
-        function, alpha = (ctx.activation, ctx.alpha) if ctx.activation else (self.activation, fused_alpha(self.activation))
         x = xs[0]
         flat = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
-        out = ops().dense(flat, weights["kernel"], weights.get("bias"), activation=function, alpha=alpha)
+        out = ops().dense(flat, weights["kernel"], weights.get("bias"), **finishing(self, ctx))
         return out.reshape(*x.shape[:-1], self.units) if x.ndim != 2 else out
 
     has_backward: ClassVar[bool] = True
