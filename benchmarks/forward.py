@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,6 +61,12 @@ CASES: dict[str, tuple[str, int]] = {
 KERAS_CASES: dict[str, tuple[str, int]] = {
     "resnet50": ("ResNet50", 8),
     "mobilenetv2": ("MobileNetV2", 8),
+}
+
+COMMAND_CASES: dict[str, tuple[int, float]] = {
+    # `convcli run` as users run it: name: (images, target ratio to PyTorch's compute)
+    "alexnet-convs": (48, 1.0),
+    "vgg16-blocks12": (16, 1.2),
 }
 
 TARGETS = {"alexnet-conv1": 1.5, "alexnet-convs": 1.3, "vgg16-blocks12": 1.3, "lenet5": 1.5,
@@ -253,18 +260,19 @@ def _torch_graph(model: Any, params: dict[str, Any], threads: int) -> Any:
     return run
 
 
-def _setup(case: str, framework: str, threads: int) -> tuple[Any, Any, Any]:
+def _setup(case: str, framework: str, threads: int, batch: int | None = None) -> tuple[Any, Any, Any]:
     import numpy as np
 
     from convcli import forward
     from convcli.spec import load_model, parse_arrow
 
     if case in KERAS_CASES:
-        app, batch = KERAS_CASES[case]
+        app, default = KERAS_CASES[case]
         model = load_model(str(ROOT / "tests" / "fixtures" / "keras" / "apps" / f"{app}.json"))
     else:
-        text, batch = CASES[case]
+        text, default = CASES[case]
         model = parse_arrow(text)
+    batch = batch or default
     params = forward.init_params(model, seed=0)
     x = np.random.default_rng(1).random((batch, *model.input_shape), dtype=np.float32)
     if framework == "torch":
@@ -284,12 +292,13 @@ def memory_worker(case: str, framework: str, threads: int) -> dict[str, Any]:
     return {"peak_bytes": _status("VmHWM") - before, "peak_exact": exact}
 
 
-def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out_dir: str) -> dict[str, Any]:
+def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out_dir: str,
+                batch: int | None = None) -> dict[str, Any]:
     """Times of ``repeat`` passes per framework, interleaved in one process (so that both
     see the same machine load), after one warm-up pass each; the outputs are saved."""
     import numpy as np
 
-    setups = {name: _setup(case, name, threads) for name in frameworks}
+    setups = {name: _setup(case, name, threads, batch) for name in frameworks}
     times: dict[str, list[float]] = {name: [] for name in frameworks}
     for name, (_, fn, x) in setups.items():
         out = fn(x)
@@ -305,9 +314,21 @@ def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out
             fn(x)
             times[name].append(time.perf_counter() - start)
     model = setups[frameworks[0]][0]
-    batch = (KERAS_CASES.get(case) or CASES[case])[1]
+    batch = batch or (KERAS_CASES.get(case) or CASES[case])[1]
     macs = sum(node.layer.macs(*node.input_shapes) for node in model.nodes()) * batch
     return {name: {"best": min(t), "median": float(np.median(t)), "flops": 2 * macs} for name, t in times.items()}
+
+
+def pass_worker(case: str, batch: int, threads: int) -> dict[str, Any]:
+    """PyTorch's compute on ``batch`` images: the best of two passes after a warm-up."""
+    _, fn, x = _setup(case, "torch", threads, batch)
+    fn(x)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times)}
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -343,25 +364,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for both frameworks")
     parser.add_argument("--case", action="append", choices=sorted({**CASES, **KERAS_CASES}), help="run only these cases")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--command", action="store_true",
+                        help="time the `convcli run` command as users run it (table included) beside PyTorch")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         mode, case, *rest = args.worker
         if mode == "memory":
             print(json.dumps(memory_worker(case, rest[0], args.threads)))
+        elif mode == "pass":
+            print(json.dumps(pass_worker(case, int(rest[0]), args.threads)))
         else:
-            print(json.dumps(time_worker(case, rest[1:], args.repeat, args.threads, rest[0])))
+            print(json.dumps(time_worker(case, rest[2:], args.repeat, args.threads, rest[0], int(rest[1]) or None)))
         return
 
     import numpy as np
 
     torch_version = _torch_available()
+    if args.command:
+        command_table(args, torch_version)
+        return
     results = []
     frameworks = ["convcli"] + (["torch"] if torch_version else [])
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.case or [*CASES, *KERAS_CASES]:
             row: dict[str, Any] = {"case": case, "batch": (KERAS_CASES.get(case) or CASES[case])[1]}
-            timed = _worker(args, "time", case, tmp, *frameworks)
+            timed = _worker(args, "time", case, tmp, "0", *frameworks)
             for name in frameworks:
                 memory = _worker(args, "memory", case, name, memory=True)
                 if isinstance(timed, str) or isinstance(memory, str):
@@ -411,6 +439,63 @@ def _print_table(results: list[dict[str, Any]], args: argparse.Namespace, torch_
         print("| " + " | ".join(cells) + " |")
     if torch_version is None:
         print("\nPyTorch is not installed: `pip install torch` (CPU) to compare.")
+
+
+def _run_command(args: argparse.Namespace, model: str, inputs: str) -> float:
+    """Wall time of `convcli run MODEL INPUTS` in a fresh process, its table read from a pipe."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "convcli", "run", model, inputs], capture_output=True, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def command_table(args: argparse.Namespace, torch_version: str | None) -> None:
+    """`convcli run` as users run it: per round, the command on N + 1 images and on 1 image
+    (their difference cancels start-up, model parsing and the first image) and PyTorch's
+    compute on N images in its own process, in a rotating order; medians over the rounds."""
+    import platform
+
+    import numpy as np
+
+    cases = [case for case in (args.case or COMMAND_CASES) if case in COMMAND_CASES]
+    print(f"`convcli run` (whole command, default table output into a pipe) beside PyTorch; threads: "
+          f"{args.threads}, {args.repeat} rounds; numpy {np.__version__}, PyTorch {torch_version or 'not installed'}; "
+          f"{platform.machine()}, {os.cpu_count()} CPUs; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print()
+    print("| case | images | command on N+1 ms | command on 1 ms | difference ms (spread) | engine alone ms "
+          "| PyTorch ms | ratio (target) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            n, target = COMMAND_CASES[case]
+            text = CASES[case][0]
+            rng = np.random.default_rng(1)
+            shape = _setup(case, "convcli", args.threads, 1)[0].input_shape
+            many, one = os.path.join(tmp, "many.npy"), os.path.join(tmp, "one.npy")
+            np.save(many, rng.random((n + 1, *shape), dtype=np.float32))
+            np.save(one, rng.random((1, *shape), dtype=np.float32))
+            engine = _worker(args, "time", case, tmp, str(n), "convcli")
+            _run_command(args, text, one)  # warm the page cache
+            rounds: dict[str, list[float]] = {"many": [], "one": [], "torch": []}
+            jobs = ["many", "one"] + (["torch"] if torch_version else [])
+            for round_ in range(args.repeat):
+                for job in jobs[round_ % len(jobs):] + jobs[: round_ % len(jobs)]:
+                    if job == "torch":
+                        done = _worker(args, "pass", case, str(n))
+                        if isinstance(done, dict):
+                            rounds["torch"].append(done["seconds"])
+                    else:
+                        rounds[job].append(_run_command(args, text, many if job == "many" else one))
+            diffs = [a - b for a, b in zip(rounds["many"], rounds["one"])]
+            med = {k: float(np.median(v)) if v else math.nan for k, v in rounds.items()}
+            diff = float(np.median(diffs))
+            engine_ms = f"{engine['convcli']['median'] * 1e3:.0f}" if isinstance(engine, dict) else "-"
+            ratio = f"{diff / med['torch']:.2f}x (<= {target}x)" if rounds["torch"] else "-"
+            print(f"| {case} | {n} | {med['many'] * 1e3:.0f} | {med['one'] * 1e3:.0f} | {diff * 1e3:.0f} "
+                  f"({min(diffs) * 1e3:.0f}-{max(diffs) * 1e3:.0f}) | {engine_ms} | "
+                  f"{med['torch'] * 1e3:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -284,3 +284,33 @@ def test_progress_bar_on_a_terminal_for_large_batches(cli, batch: Path, monkeypa
     assert json.loads(result.stdout)["output_shape"] == [6, 4]
     small = cli("run", SMALL, str(batch), "--batch-size", "64", "--json")  # one batch: no bar
     assert small.exit_code == 0 and small.stderr == ""
+
+
+def test_table_of_a_folded_batch_norm(cli, tmp_path: Path) -> None:
+    """The table comes from the fused pass: a batch norm folded into the conv before it has
+    no time of its own ("-", explained under the table; "folded_into" in --json), and every
+    layer's statistics are those of its own output, computed here layer by layer."""
+    text = "INPUT(8,8,2) => CONV(4,3,pad=same) => BN => RELU => POOL(2) => FLATTEN => FC(3) => SOFTMAX"
+    model = parse_arrow(text)
+    x = np.random.default_rng(5).random((2, 8, 8, 2), dtype=np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    params = forward.init_params(model, seed=0)
+    seen: dict[str, np.ndarray] = {}
+    forward.run(model, x, params, on_layer=lambda layer, y, s: seen.__setitem__(layer.name, y.copy()))
+
+    doc = run_json(cli, text, str(path))
+    layers = {layer["name"]: layer for layer in doc["layers"]}
+    assert layers["bn1"]["folded_into"] == "conv1" and layers["bn1"]["seconds"] == 0
+    assert "folded_into" not in layers["conv1"]
+    for name, output in seen.items():
+        assert layers[name]["min"] == pytest.approx(float(output.min()), abs=1e-5)
+        assert layers[name]["max"] == pytest.approx(float(output.max()), abs=1e-5)
+        assert layers[name]["mean"] == pytest.approx(float(output.astype(np.float64).mean()), abs=1e-5)
+    assert layers["relu1"]["zero_fraction"] == pytest.approx(float((seen["relu1"] == 0).mean()))
+
+    result = cli("run", text, str(path))
+    assert result.exit_code == 0, result.stderr
+    bn_row = next(line for line in result.stdout.splitlines() if line.startswith("bn1 "))
+    assert bn_row.split()[3] == "-"
+    assert "batch norm folded into the layer above it" in result.stdout
