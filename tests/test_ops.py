@@ -254,12 +254,16 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("h,w,size,strides,padding", POOL_CASES)
-def test_pooling_matches_naive_oracle(h, w, size, strides, padding) -> None:
+def test_pooling_matches_naive_oracle(h, w, size, strides, padding, split, monkeypatch) -> None:
+    """Also with the batch split in two halves on two threads (as large inputs are)."""
+    if split:
+        monkeypatch.setattr(ops, "POOL_SPLIT_BYTES", 0)
     rng = np.random.default_rng(h * w)
-    x = rand(rng, 2, h, w, 3)
-    np.testing.assert_allclose(ops.max_pool2d(x, size, strides, padding),
-                               pool_naive(x, size, strides, padding, np.max), rtol=1e-6)
+    x = rand(rng, 3, h, w, 3)
+    np.testing.assert_array_equal(ops.max_pool2d(x, size, strides, padding),
+                                  pool_naive(x, size, strides, padding, np.max))
     np.testing.assert_allclose(ops.avg_pool2d(x, size, strides, padding),
                                pool_naive(x, size, strides, padding, np.mean), rtol=1e-5, atol=1e-6)
 
