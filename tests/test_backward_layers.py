@@ -371,3 +371,34 @@ def test_the_cli_still_refuses_a_layer_without_a_backward(cli, tmp_path, monkeyp
     assert result.exit_code == 2 and "'up1' (UpSampling2D)" in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert not (tmp_path / "w.npz").exists()
+
+
+def test_the_new_backward_kernels_refuse_bad_shapes() -> None:
+    from convcli import grad
+    from convcli.errors import ShapeError
+
+    x, g = np.ones((1, 4, 4, 4)), np.ones((1, 2, 2, 4))
+    with pytest.raises(ShapeError, match="positive divisor of the input depth 4. Received: groups=3"):
+        grad.grouped_conv2d_backward(x, np.ones((3, 3, 1, 3)), g, groups=3)
+    with pytest.raises(ShapeError, match=r"kernel must be \(F_h, F_w, 2, K\)"):
+        grad.grouped_conv2d_backward(x, np.ones((3, 3, 4, 4)), g, groups=2)
+    with pytest.raises(ShapeError, match=r"`gamma` must have shape \(4,\)"):
+        grad.layer_scale_backward(x, np.ones(3), x)
+    with pytest.raises(ShapeError, match="output gradient must have the forward's output shape"):
+        grad.layer_scale_backward(x, np.ones(4), g)
+
+
+def test_convcli_train_trains_the_mobile_like_graph(tmp_path) -> None:
+    from tests.conftest import run_convcli
+
+    rng = np.random.default_rng(9)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((12, 8, 8, 3)).astype(np.float32), y=np.arange(12) % 3)
+    proc = run_convcli("train", MOBILE, str(tmp_path / "d.npz"), "--loss", "categorical-crossentropy", "--epochs", "5",
+                       "--batch-size", "12", "--lr", "0.2", "--optimizer", "sgd", "--no-shuffle",
+                       "--save-weights", str(tmp_path / "w.npz"), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    losses = [epoch["loss"] for epoch in json.loads(proc.stdout)["history"]]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    with np.load(tmp_path / "w.npz") as trained:
+        assert {"dwconv1.depthwise_kernel", "sepconv1.pointwise_kernel", "deconv1.kernel", "layerscale1.gamma",
+                "ln1.gamma", "conv3.kernel"} <= set(trained)
