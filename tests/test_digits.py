@@ -1,8 +1,7 @@
-"""The bundled digit classifier: convcli's forward pass reproduces the trained accuracy.
-
-samples/train_digits.py trained the model with PyTorch and recorded its held-out accuracy
-in samples/digits-heldout.npz (``accuracy``); here convcli's own numpy forward pass runs the
-same weights from samples/digits.npz on the same held-out digits.
+"""The bundled digit classifier: trained by ``convcli train`` (the command in
+samples/README.md), it classifies at least 97 % of the 450 held-out digits, as an
+independent numpy forward pass of the saved arrays counts them, and the README states the
+number measured.
 """
 
 from __future__ import annotations
@@ -22,6 +21,35 @@ def heldout() -> dict[str, np.ndarray]:
 
     with np.load(SAMPLES / "digits-heldout.npz") as data:
         return {key: data[key] for key in data.files}
+
+
+def digits_probabilities_naive(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """samples/digits.toml's forward pass written out from the saved arrays alone, in
+    float64: two 3x3 'same' convolutions (one pixel of zeros around) as explicit sums over
+    the nine kernel positions, ReLU, a 2x2 max pool, a channels-last (H, W, D) flatten, two
+    dense layers and a softmax."""
+    h = x.astype(np.float64)
+    for conv in ("conv1", "conv2"):
+        kernel, bias = weights[f"{conv}.kernel"].astype(np.float64), weights[f"{conv}.bias"]
+        padded = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        out = np.zeros((*h.shape[:3], kernel.shape[3]))
+        for i in range(3):
+            for j in range(3):
+                out += padded[:, i:i + h.shape[1], j:j + h.shape[2], :] @ kernel[i, j]
+        h = np.maximum(out + bias, 0)
+    n, height, width, depth = h.shape
+    h = h.reshape(n, height // 2, 2, width // 2, 2, depth).max(axis=(2, 4)).reshape(n, -1)
+    h = np.maximum(h @ weights["fc1.kernel"] + weights["fc1.bias"], 0)
+    z = h @ weights["fc2.kernel"] + weights["fc2.bias"]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_heldout_set_is_the_marked_split_of_all_digits(heldout: dict[str, np.ndarray], samples: Path) -> None:
+    with np.load(samples / "digits-all.npz") as data:
+        mask = data["heldout"]
+        np.testing.assert_array_equal(heldout["x"], data["x"][mask])
+        np.testing.assert_array_equal(heldout["y"], data["y"][mask])
 
 
 def test_heldout_set_format(heldout: dict[str, np.ndarray]) -> None:
@@ -46,19 +74,31 @@ def test_weights_match_the_model_file(samples: Path) -> None:
         assert all(weights[key].dtype == np.float32 for key in weights.files)
 
 
-def test_forward_pass_reproduces_recorded_accuracy(samples: Path, heldout: dict[str, np.ndarray]) -> None:
+def test_heldout_accuracy_is_at_least_97_percent_and_the_documented_one(
+    samples: Path, heldout: dict[str, np.ndarray]
+) -> None:
+    with np.load(samples / "digits.npz") as data:
+        weights = {key: data[key] for key in data.files}
+    correct = int((digits_probabilities_naive(weights, heldout["x"]).argmax(axis=1) == heldout["y"]).sum())
+    assert correct / 450 >= 0.97
+    # what convcli train measured (its last val_accuracy), and what the documents say
+    assert round(float(heldout["accuracy"]) * 450) == correct
+    stated = f"{100 * correct / 450:.2f} % ({correct} of 450 images)"
+    assert f"**Held-out accuracy: {stated}.**" in (samples / "README.md").read_text()
+    toml = (samples / "digits.toml").read_text()
+    assert f"Held-out accuracy: {100 * correct / 450:.2f} %" in toml and f"({correct} of 450 images)" in toml
+
+
+def test_convcli_forward_pass_agrees_with_the_naive_one(samples: Path, heldout: dict[str, np.ndarray]) -> None:
     from convcli import forward
     from convcli.spec import load_model
 
     model = load_model(str(samples / "digits.toml"))
     params = forward.load_weights(model, samples / "digits.npz")
     probabilities = forward.run(model, heldout["x"], params)
-    assert probabilities.shape == (len(heldout["y"]), 10)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    correct = int((probabilities.argmax(axis=1) == heldout["y"]).sum())
-    recorded = float(heldout["accuracy"]) * len(heldout["y"])
-    assert correct / len(heldout["y"]) >= 0.97
-    assert abs(correct - recorded) <= 1, (correct, recorded)
+    expected = digits_probabilities_naive(params, heldout["x"])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), expected.argmax(axis=1))
 
 
 @pytest.mark.parametrize("digit", [0, 3, 7])

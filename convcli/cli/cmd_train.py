@@ -24,10 +24,19 @@ def _epoch_line(stats: Any, epochs: int) -> str:
     return line + f", {stats.seconds:.2f} s"
 
 
-def _validation(value: str | None, x: Any, y: Any, model: Any) -> tuple[Any, Any, Any]:
-    """(x, y, validation or None) from --validation: a fraction, or a data file."""
+def _validation(value: str | None, data: str, x: Any, y: Any, model: Any) -> tuple[Any, Any, Any]:
+    """(x, y, validation or None): DATA's own held-out split (a ``heldout`` array), or
+    --validation: a fraction, or a data file."""
     from convcli import train
 
+    mask = train.heldout_mask(data, len(x))
+    if mask is not None:
+        if value is not None:
+            raise InputError(
+                f"{data} holds its own held-out split (the 'heldout' array), which is the validation set; "
+                f"drop --validation {value}"
+            )
+        return x[~mask], y[~mask], (x[mask], y[mask])
     if value is None:
         return x, y, None
     try:
@@ -136,7 +145,8 @@ def train_command(
     seed: int = typer.Option(0, "--seed", metavar="S", help="Seed of the initial weights, shuffling and dropout."),
     validation: str | None = typer.Option(
         None, "--validation", metavar="FRACTION|FILE",
-        help="Hold out the last FRACTION of DATA (Keras' validation_split), or validate on a data file.",
+        help="Hold out the last FRACTION of DATA (Keras' validation_split), or validate on a data file "
+        "(a DATA .npz with a boolean 'heldout' array validates on those samples without this option).",
         show_default=False,
     ),
     no_shuffle: bool = typer.Option(False, "--no-shuffle", help="Keep DATA's order in every epoch."),
@@ -184,7 +194,7 @@ def train_command(
         fileio.check_writable(plot, "--plot")
 
     x, y, _ = train.load_data(data, tuple(model.input_shape))
-    x, y, held = _validation(validation, x, y, model)
+    x, y, held = _validation(validation, data, x, y, model)
     output_shape = model.output_shape()
     y = train.encode_targets(y, output_shape)
     if held is not None:
