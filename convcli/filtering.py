@@ -79,14 +79,28 @@ _BLOCK_COLS = 16
 _STRIPS_PER_TASK = 2
 _BATCH_ROWS = 8
 _BLAS_SINGLE_THREAD_MNK = 4 * 65536
-# Filters that take at most this many whole-strip operations run as shifted adds, longer
-# ones as banded products. A shifted add costs about 0.3 ns per element and runs on all
-# cores; a batched horizontal product about 1.2 + 0.05 k ns, also on all cores; a
-# vertical one 0.5 + 0.045 k ns but holding the GIL. Measured on a 4K RGB image with 2
-# cores (binomial 5x5, 6 and 7 operations: 0.057 s with products, 0.080 s with adds;
-# box3, 2 and 3 operations: 0.047 s either way).
-_SHIFT_ADD_OPS = 4
-_SHIFT_ADD_OPS_VERTICAL = 4
+# When a 1-D pass runs as shifted adds rather than banded products. Measured on a
+# 3840x2160 RGB image filtered band by band, one band per core, as `convcli filter`
+# runs it: a shifted add costs about 0.15-0.3 ns per element; a horizontal banded
+# product multiplies (16 + k - 1) x C taps per output, zeros of the Kronecker block
+# included (2.5 + 0.15 k ns), a vertical one 16 + k - 1 taps while holding the GIL.
+# Vertically, adds win up to about 13 operations (Gaussian 9x9: 0.135 s against
+# 0.151 s of thread time, 11x11: 0.168 s against 0.146 s); horizontally up to about
+# k + 16 operations (a symmetric 31-tap Gaussian's 45: 0.34 s against 0.40 s; binomial
+# 5x5, 7 and 6 operations: 0.09 s against 0.24 s both ways).
+_SHIFT_ADD_OPS_VERTICAL = 13
+_SHIFT_ADD_OPS_EXTRA = 16
+
+
+def _vertical_adds(ops: int) -> bool:
+    """Whether a vertical pass of ``ops`` whole-strip operations runs as shifted adds."""
+    return ops <= _SHIFT_ADD_OPS_VERTICAL
+
+
+def _horizontal_adds(ops: int, taps: int) -> bool:
+    """Whether a horizontal pass of ``ops`` operations on a ``taps``-long filter runs as
+    shifted adds (its banded product's cost grows with ``taps`` too)."""
+    return ops <= taps + _SHIFT_ADD_OPS_EXTRA
 
 
 # --------------------------------------------------------------------------- validation
@@ -217,9 +231,10 @@ def _term_ops(u: np.ndarray, v: np.ndarray) -> int:
     """Whole-strip operations a term takes (banded products counted as their cost)."""
     vertical = _shift_add_ops(_tap_groups(u))
     horizontal = _shift_add_ops(_tap_groups(v))
-    return (
-        vertical if vertical <= _SHIFT_ADD_OPS_VERTICAL else _SHIFT_ADD_OPS_VERTICAL + 1
-    ) + (horizontal if horizontal <= _SHIFT_ADD_OPS else _SHIFT_ADD_OPS + 2)
+    k = v.shape[0]
+    return (vertical if _vertical_adds(vertical) else _SHIFT_ADD_OPS_VERTICAL + 1) + (
+        horizontal if _horizontal_adds(horizontal, k) else k + _SHIFT_ADD_OPS_EXTRA + 1
+    )
 
 
 def _balance(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -355,13 +370,15 @@ def _cost(
         for u, v in zip(*terms, strict=True):
             vertical_ops = _shift_add_ops(_tap_groups(u.astype(np.float32)))
             if _unit_tap(u.astype(np.float32)) is None:  # else a free shift
-                if vertical_ops <= _SHIFT_ADD_OPS_VERTICAL:
+                if _vertical_adds(vertical_ops):
                     per_element += vertical_ops * 0.32e-9
                 else:
                     per_element += 0.5e-9 + 0.045e-9 * kh
             ops = _shift_add_ops(_tap_groups(v.astype(np.float32)))
             per_element += (
-                (ops + 1) * 0.32e-9 if ops <= _SHIFT_ADD_OPS else 1.2e-9 + 0.05e-9 * kw
+                (ops + 1) * 0.32e-9
+                if _horizontal_adds(ops, v.shape[0])
+                else 2.5e-9 + 0.15e-9 * kw
             )
         return n * per_element + 3e-6 * (h / _STRIP_ROWS + 1) * (w_ / _BLOCK_COLS + 1)
     if method == "fft":
@@ -622,10 +639,10 @@ def _prepare_term(
     eye = np.eye(c, dtype=np.float32)
     groups, taps_scale = _factor_out(_tap_groups(v)) if first else (_tap_groups(v), 1.0)
     ops = _shift_add_ops(groups) + (taps_scale != 1.0)
-    taps = groups if ops <= _SHIFT_ADD_OPS else None
+    taps = groups if _horizontal_adds(ops, v.shape[0]) else None
     vgroups, vtaps_scale = _factor_out(_tap_groups(u))
     vops = _shift_add_ops(vgroups) + (vtaps_scale != 1.0)
-    vtaps = vgroups if vops <= _SHIFT_ADD_OPS_VERTICAL else None
+    vtaps = vgroups if _vertical_adds(vops) else None
     last_rows = h % _BAND_ROWS or _BAND_ROWS
     last_cols = w % _BLOCK_COLS or _BLOCK_COLS
     return _Term(
