@@ -356,6 +356,24 @@ def test_check_gradients_is_not_fooled_by_ties_at_a_kink() -> None:
     assert all(c.worst < 1e-7 for c in checks), checks
 
 
+def test_check_gradients_measures_again_when_a_kink_lies_within_the_step() -> None:
+    # One sample's pre-activation just above 0, the other's just below: moving the kernel
+    # weight by the check's step crosses the ReLU's kink on both sides, so every quotient
+    # of that step is off; the entry is measured again with a step 1000 times smaller.
+    x = np.random.default_rng([0, 3]).standard_normal((2, 1))  # the batch check_gradients draws
+    kernel = 2e-5 / (x[0, 0] - x[1, 0])
+    bias = 1e-5 - x[0, 0] * kernel
+    z = x[:, 0] * kernel + bias
+    assert z[0] > 0 > z[1] and np.all(np.abs(z) < 2 * 1e-3 * np.abs(x[:, 0]))
+    params = {"fc1.kernel": np.array([[kernel]]), "fc1.bias": np.array([bias])}
+    model = parse_arrow("INPUT(1) => FC(1,activation=relu)")
+    assert train.check_gradients(model, params, seed=0)[0].worst < 1e-9
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "KINK_RETRY", math.inf)  # no second measurement: the kink shows
+        assert train.check_gradients(model, params, seed=0)[0].worst > 1e-3
+
+
 def test_a_layer_without_a_backward_is_still_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(L.Permute, "has_backward", False)
     with pytest.raises(ModelError, match=r"'permute1' \(Permute\)"):
