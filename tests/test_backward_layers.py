@@ -420,3 +420,27 @@ def test_convcli_train_trains_the_mobile_like_graph(tmp_path) -> None:
     with np.load(tmp_path / "w.npz") as trained:
         assert {"dwconv1.depthwise_kernel", "sepconv1.pointwise_kernel", "deconv1.kernel", "layerscale1.gamma",
                 "ln1.gamma", "conv3.kernel"} <= set(trained)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_a_float64_batch_stays_float64_and_float32_stays_the_default() -> None:
+    from convcli import ops
+
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((2, 6, 5, 3))
+    kernel = rng.standard_normal((3, 3, 3, 4))
+    bias = rng.standard_normal(4)
+    exact = oracles.conv2d_naive(x, kernel.astype(np.float32), bias, (2, 1), (1, 1, 1, 1))
+    out = ops.conv2d(x, kernel.astype(np.float32), bias, strides=(2, 1), padding=1)
+    assert out.dtype == np.float64  # the weights follow the batch's precision
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-12 * np.abs(exact).max() * 10)
+    single = ops.conv2d(x.astype(np.float32), kernel, bias, strides=(2, 1), padding=1)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, exact, rtol=1e-5, atol=1e-5)
+    for name in ("gelu", "silu", "hard_swish", "softplus", "log_softmax", "sparsemax", "tanh_shrink", "elu"):
+        assert ops.activate(x, name).dtype == np.float64, name
+        assert ops.activate(x.astype(np.float32), name).dtype == np.float32, name
+    z = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(ops.activate(z, "hard_sigmoid"), np.clip(z / 6 + 0.5, 0, 1), rtol=0, atol=1e-15)
