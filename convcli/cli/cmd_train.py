@@ -113,7 +113,7 @@ def _check_gradients(model: Any, weights: Path | None, seed: int, json_output: b
     "train",
     epilog=examples(
         "convcli train samples/digits.toml samples/digits-all.npz --loss categorical-crossentropy "
-        "--epochs 12 --batch-size 32 --lr 0.003 --optimizer adam --validation 0.25 --save-weights w.npz",
+        "--epochs 12 --batch-size 32 --lr 0.003 --optimizer adam --seed 0 --save-weights w.npz",
         "convcli train \"INPUT(2) => FC(1)\" data.npz --loss mse --epochs 1 --batch-size 4 --lr 0.1 "
         "--optimizer sgd --no-shuffle --save-weights w.npz --json",
         "convcli train --check-gradients samples/lenet5.toml",
