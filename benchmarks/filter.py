@@ -12,8 +12,10 @@ Part 2, whole process, paired runs (each repeat runs every tool once, in rotatin
   libvips (`vips conv big.png out.png[compression=1] K.mat`, box3 and gaussian5 only:
   its conv takes 40 s and 140 s a run on 15x15 and 31x31);
   .npy to .npy (the photo as float32): convcli and the OpenCV script (np.load, filter2D,
-  np.save). Median time, spread, the median of the per-run ratios, peak memory (each
-  process's own maximum resident set) and the output's size.
+  np.save). Median time, spread, the median of the per-run ratios, median CPU time
+  (user + system, all threads: less moved by other load than wall time), peak memory
+  (each process's own maximum resident set), the output's size and the machine's
+  one-minute load average as the kernel's rounds end.
   OpenCV may live in another Python: set OPENCV_PYTHON=/path/to/python. Missing tools are
   skipped with a note.
 
@@ -207,20 +209,23 @@ def vips_matrix(w: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Runs a command and prints its wall time and peak resident set. A small process of its
-# own does the fork: a child's maximum RSS counts what it had before exec, so forking
-# from this (large) benchmark process would report this process's size.
+# Runs a command and prints its wall time, peak resident set and CPU time (user +
+# system, all threads). A small process of its own does the fork: a child's maximum RSS
+# counts what it had before exec, so forking from this (large) benchmark process would
+# report this process's size.
 MEASURE = """
 import os, sys, time
 start = time.perf_counter()
 pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
 _, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status),
+      usage.ru_utime + usage.ru_stime)
 """
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one process, from its own rusage."""
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, peak resident memory (MiB) and CPU seconds (user + system) of one
+    process, from its own rusage."""
     done = subprocess.run(
         [sys.executable, "-S", "-c", MEASURE, *cmd],
         env=env,
@@ -229,12 +234,12 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
         check=False,
     )
     try:
-        wall, peak, code = done.stdout.split()
+        wall, peak, code, cpu = done.stdout.split()
     except ValueError:
         raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}") from None
     if int(code) != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}): {done.stderr.strip()}")
-    return float(wall), int(peak) / 1024  # Linux: kilobytes
+    return float(wall), int(peak) / 1024, float(cpu)  # Linux: kilobytes
 
 
 Tool = tuple[str, Callable[[Path, Path], list[str]]]
@@ -316,16 +321,19 @@ def process_table(
                     ("libvips", lambda s, o, m=matrix: [vips, "conv", str(s), f"{o}[compression=1]", str(m)])
                 )  # fmt: skip
             times: dict[str, list[float]] = {t: [] for t, _ in tools}
+            cpu: dict[str, list[float]] = {t: [] for t, _ in tools}
             memory: dict[str, float] = {}
             sizes: dict[str, int] = {}
             for i in range(repeat):
                 order = tools[i % len(tools) :] + tools[: i % len(tools)]
                 for tool, command in order:
                     out = folder / f"out-{tool}{ext}"
-                    wall, peak = run_measured(command(src, out), env)
+                    wall, peak, seconds = run_measured(command(src, out), env)
                     times[tool].append(wall)
+                    cpu[tool].append(seconds)
                     memory[tool] = max(memory.get(tool, 0.0), peak)
                     sizes[tool] = out.stat().st_size
+            load = os.getloadavg()[0]  # one-minute load average as these rounds end
             for tool, _ in tools:
                 ratios = [c / t for c, t in zip(times["convcli"], times[tool], strict=True)]
                 rows.append(
@@ -337,8 +345,10 @@ def process_table(
                         "min": min(times[tool]),
                         "max": max(times[tool]),
                         "ratio": statistics.median(ratios),
+                        "cpu": statistics.median(cpu[tool]),
                         "memory": memory[tool],
                         "size": sizes[tool],
+                        "load": load,
                     }
                 )
             print(f"  ran {kind} {name}", file=sys.stderr)
@@ -415,14 +425,16 @@ def main() -> None:
             "median over runs of convcli's time / the tool's (below 1: convcli is faster)\n"
         )
         print(
-            "| input | kernel | tool | median | spread | convcli / tool | peak memory | output |"
+            "| input | kernel | tool | median | spread | convcli / tool | CPU | peak memory "
+            "| output | load |"
         )
-        print("|---|---|---|---:|---:|---:|---:|---:|")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             print(
                 f"| {row['input']} | {row['kernel']} | {row['tool']} | {row['median']:.3f} s "
                 f"| {row['min']:.2f}-{row['max']:.2f} s | {row['ratio']:.2f} "
-                f"| {row['memory']:.0f} MiB | {row['size'] / 1e6:.2f} MB |"
+                f"| {row['cpu']:.2f} s | {row['memory']:.0f} MiB | {row['size'] / 1e6:.2f} MB "
+                f"| {row['load']:.1f} |"
             )
         for note in notes:
             print(f"\nnote: {note}")
