@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from convcli import layers as L
+from convcli import threads
 from convcli.errors import InputError, ModelError, ShapeError, WeightsError
 
 __all__ = [
@@ -434,7 +435,9 @@ def run_batches(
     """:func:`run` on ``x`` in batches of ``batch_size`` (bounded activation memory).
 
     One dropout generator (from ``seed``) runs through all batches; ``on_batch(n)`` is
-    called with the number of samples after each batch (for a progress bar).
+    called with the number of samples after each batch (for a progress bar). On a machine
+    with two or more cores, a batch big enough (:data:`SPLIT_MACS`) runs as two halves on
+    two threads (not with ``on_layer`` or ``train_dropout``, whose order is sequential).
     """
     if batch_size < 1:
         raise InputError(f"the batch size must be a positive integer. Received: batch_size={batch_size}")
@@ -442,16 +445,50 @@ def run_batches(
     generator = np.random.default_rng(seed)
     out: np.ndarray | None = None
     n = len(x)
+    split = on_layer is None and not train_dropout and threads.cores() >= 2
+    macs = sum(node.layer.macs(*node.input_shapes) for node in model.nodes()) if split else 0
     for start in range(0, n, batch_size):
-        part = run(model, x[start : start + batch_size], params, train_dropout=train_dropout,
-                   on_layer=on_layer, rng=generator, stats=stats)
+        batch = x[start : start + batch_size]
+        half = len(batch) // 2
+        if split and half and half * macs >= SPLIT_MACS:
+            parts = _run_halves(model, batch[:half], batch[half:], params, stats)
+        else:
+            parts = [run(model, batch, params, train_dropout=train_dropout, on_layer=on_layer, rng=generator,
+                         stats=stats)]
         if out is None:
-            out = np.empty((n, *part.shape[1:]), np.float32)
-        out[start : start + len(part)] = part
+            out = np.empty((n, *parts[0].shape[1:]), np.float32)
+        done = start
+        for part in parts:
+            out[done : done + len(part)] = part
+            done += len(part)
         if on_batch is not None:
-            on_batch(len(part))
+            on_batch(len(batch))
     assert out is not None
     return out
+
+
+SPLIT_MACS = 20_000_000
+"""Multiply-accumulates (half a batch through the model) from which :func:`run_batches` runs
+the two halves of a batch on two threads, each product on one BLAS thread: every step of
+the pass (copies, pooling, activations, statistics) then uses both cores, not only the
+products, and no BLAS thread waits for a core another process holds."""
+
+
+def _run_halves(model: L.Model, first: np.ndarray, second: np.ndarray, params: Mapping[str, np.ndarray],
+                stats: Mapping[str, LayerStats] | None) -> list[np.ndarray]:
+    """:func:`run` on ``first`` here and on ``second`` on another thread at the same time;
+    their statistics are joined into ``stats``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    halves = (layer_stats(model), layer_stats(model)) if stats is not None else (None, None)
+    with threads.blas_threads(1), ThreadPoolExecutor(max_workers=1) as pool:
+        other = pool.submit(run, model, second, params, stats=halves[1])
+        results = [run(model, first, params, stats=halves[0]), other.result()]
+    if stats is not None:
+        assert halves[0] is not None and halves[1] is not None
+        for name, joined in stats.items():
+            joined.join(halves[0][name], halves[1][name])
+    return results
 
 
 def is_relu_output(layer: L.Layer) -> bool:
@@ -552,6 +589,14 @@ class LayerStats:
             self.total += total
             self.count += count
             self.zeros += zeros or 0
+
+    def join(self, *parts: LayerStats) -> None:
+        """Fold in the statistics of parts of one batch computed at the same time on
+        different threads: they took as long as the longest of them."""
+        self.seconds += max(part.seconds for part in parts)
+        for part in parts:
+            self.merge((part.minimum, part.maximum, part.total, part.count), 0.0, part.zeros)
+            self.folded_into = self.folded_into or part.folded_into
 
     @property
     def mean(self) -> float:

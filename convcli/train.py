@@ -23,12 +23,9 @@ norm uses the batch's statistics, so it cannot be folded into the conv before it
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +36,11 @@ from convcli import layers as L
 from convcli import losses, optim
 from convcli.errors import InputError, ModelError, WeightsError
 from convcli.layers.base import Context
+from convcli.threads import blas_threads
 
 __all__ = [
     "EpochStats",
     "LayerCheck",
-    "blas_threads",
     "check_gradients",
     "check_trainable",
     "encode_targets",
@@ -71,54 +68,6 @@ def check_trainable(model: L.Model) -> None:
         raise ModelError(
             "these layers have no backward pass, so the model cannot be trained yet: " + ", ".join(missing)
         )
-
-
-@functools.lru_cache(maxsize=1)
-def _openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get, set) of the thread count of the OpenBLAS that numpy loaded, found as
-    threadpoolctl finds it (the shared objects mapped into this process); None when numpy
-    uses another BLAS or the platform has no /proc/self/maps."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        # numpy's wheels build OpenBLAS with a symbol prefix and suffix; a system one has none
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if getter is not None and setter is not None:
-                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
-                return (lambda g=getter: int(g())), (lambda n, s=setter: s(n))
-    return None
-
-
-@contextlib.contextmanager
-def blas_threads(count: int) -> Iterator[None]:
-    """Run the block with numpy's OpenBLAS on ``count`` threads, then restore its setting.
-
-    Training multiplies many small matrices (a batch of 32 8x8 digits makes products of a
-    few million multiply-adds): OpenBLAS splits each over its threads, and waking them
-    costs more than the product, several times more on busy cores (digits: 2.2 s per epoch
-    on two threads, 0.22 s on one). Does nothing when numpy's BLAS is not an OpenBLAS
-    that can be found.
-    """
-    found = _openblas_threads()
-    if found is None:
-        yield
-        return
-    get, set_ = found
-    before = get()
-    set_(count)
-    try:
-        yield
-    finally:
-        set_(before)
 
 
 def trainable_keys(model: L.Model) -> list[str]:

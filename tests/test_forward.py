@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convcli import forward
+from convcli import forward, threads
 from convcli import layers as L
 from convcli.errors import InputError, ShapeError, WeightsError
 from convcli.spec import parse_arrow
@@ -266,11 +266,20 @@ FUSED = (
 )
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
-def test_stats_of_the_fused_pass_equal_those_of_each_layer_computed_alone(batch_size: int) -> None:
+def test_stats_of_the_fused_pass_equal_those_of_each_layer_computed_alone(
+    batch_size: int, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``stats`` gathered on the fused pass (batch norms folded, activations applied per block,
     statistics of each block) equal numpy's min/max/mean of every layer's own output, and the
-    fused pass returns what the layer-by-layer pass returns."""
+    fused pass returns what the layer-by-layer pass returns; also when each batch runs as two
+    halves on two threads."""
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(forward, "SPLIT_MACS", 0 if split else 10**18)
+    halves = forward._run_halves
+    calls: list[int] = []
+    monkeypatch.setattr(forward, "_run_halves", lambda *args: calls.append(len(args[1])) or halves(*args))
     model = parse_arrow(FUSED)
     params = random_params(model, 3)
     params["bn2.gamma"][1] = 0  # a zero scale: this batch norm cannot be undone, so it is not folded
@@ -295,3 +304,4 @@ def test_stats_of_the_fused_pass_equal_those_of_each_layer_computed_alone(batch_
     assert stats["bn1"].seconds == 0 and stats["bn1"].to_json()["folded_into"] == "conv1"
     assert stats["conv1"].seconds > 0 and stats["relu1"].seconds > 0
     assert "folded_into" not in stats["conv1"].to_json()
+    assert bool(calls) == (split and batch_size > 1)

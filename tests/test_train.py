@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convcli import forward, losses, optim, train
+from convcli import forward, losses, optim, threads, train
 from convcli.errors import ModelError
 from convcli.spec import parse_arrow
 
@@ -244,12 +244,12 @@ def test_blas_threads_is_a_no_op_without_a_known_openblas(monkeypatch: pytest.Mo
 
 
 def test_blas_threads_are_set_and_restored() -> None:
-    found = train._openblas_threads()
+    found = threads._openblas_threads()
     if found is None:
         pytest.skip("numpy's BLAS is not an OpenBLAS found in /proc/self/maps")
     get, _ = found
     before = get()
-    with train.blas_threads(1):
+    with threads.blas_threads(1):
         assert get() == 1
     assert get() == before
 
