@@ -15,7 +15,7 @@ Each framework runs in a fresh process of its own per case and round (``--repeat
 the frameworks taking turns so both see the same machine load): one warm-up epoch, then
 ``--epochs`` timed epochs; the time per epoch is the median of a round, the best round is
 shown. PyTorch runs with ``torch.set_num_threads(2)`` and, as a second row, one thread.
-convcli's training loop sets numpy's OpenBLAS to one thread itself (``train.blas_threads``:
+convcli's training loop sets numpy's OpenBLAS to one thread itself (``convcli.threads.blas_threads``:
 its products are small, and on busy cores two BLAS threads were 10x slower).
 
 Peak memory: the process's ``ru_maxrss`` at the end (the whole process: interpreter,

@@ -237,8 +237,8 @@ def test_bad_heldout_arrays_are_refused(cli, tmp_path: Path, heldout: np.ndarray
 
 
 def test_blas_threads_is_a_no_op_without_a_known_openblas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "_openblas_threads", lambda: None)
-    with train.blas_threads(1):
+    monkeypatch.setattr(threads, "_openblas_threads", lambda: None)
+    with threads.blas_threads(1):
         product = np.ones((2, 3), np.float32) @ np.ones((3, 2), np.float32)
     np.testing.assert_array_equal(product, np.full((2, 2), 3.0))
 
