@@ -88,7 +88,7 @@ _BLAS_SINGLE_THREAD_MNK = 4 * 65536
 # Vertically, adds win up to about 13 operations (Gaussian 9x9: 0.135 s against
 # 0.151 s of thread time, 11x11: 0.168 s against 0.146 s); horizontally up to about
 # k + 16 operations (a symmetric 31-tap Gaussian's 45: 0.34 s against 0.40 s; binomial
-# 5x5, 7 and 6 operations: 0.09 s against 0.24 s both ways).
+# 5x5, 7 and 6 operations: 0.08 s against 0.21 s both ways).
 _SHIFT_ADD_OPS_VERTICAL = 13
 _SHIFT_ADD_OPS_EXTRA = 16
 
@@ -359,7 +359,8 @@ def _cost(
 
     Per-element constants measured on a 3840x2160 RGB image with 2 cores: a whole-strip
     numpy operation (one shifted add) about 0.32 ns, a batched horizontal banded product
-    about 1.2 + 0.05 k ns, a vertical one 0.5 + 0.045 k ns, scipy.ndimage.correlate
+    about 2.5 + 0.15 k ns (band by band, on a busy machine; 1.2 + 0.05 k ns was measured
+    on the whole image), a vertical one 0.5 + 0.045 k ns, scipy.ndimage.correlate
     about 1 ns per kernel tap, the overlap-add FFT 20-25 ns (a random 9x9 kernel: nine
     terms 0.51 s, FFT 0.62 s; 15x15: 0.57 s and 0.65 s).
     """
@@ -702,8 +703,9 @@ def _separable(
 
     With two plans the result is the gradient magnitude sqrt(g1² + g2²), per strip.
     ``rows`` (first, last): only those output rows are made (the image's own border is
-    still the border). Returns None when the image holds NaN or infinity that a banded product spread
-    further than scipy.ndimage would (the caller then uses the direct method).
+    still the border). Returns None when the image holds NaN or infinity that a banded
+    product spread further than scipy.ndimage would (the caller then uses the direct
+    method).
     """
     h, w, c = x.shape
     first_row, last_row = rows if rows is not None else (0, h)
@@ -1273,10 +1275,11 @@ def filter_bands(
     The image is never held whole: ``read_rows(r0, r1)`` returns input rows r0..r1 as
     float32 (n, W, C); each band of output rows is computed from its rows plus the
     chain's receptive field above and below (the halo), then ``finish(r0, r1, result)``
-    turns it into whatever the caller keeps (encoded bytes, say). Bands run on all
-    cores, read, filter and finish in the same thread while the band is in cache; the
-    results of ``finish`` are yielded in order, at most a few bands ahead of the
-    consumer, so memory stays a few bands whatever the image's size.
+    turns it into whatever the caller keeps (encoded bytes, say). A chain of one
+    separable kernel filters only the band's own rows (the halo is read, not filtered).
+    Bands run on all cores, read, filter and finish in the same thread while the band
+    is in cache; the results of ``finish`` are yielded in order, at most a few bands
+    ahead of the consumer, so memory stays a few bands whatever the image's size.
 
     The result of every band equals the rows of ``filter_chain(image, steps, ...)``: a
     band that touches the image's top or bottom border has that border as its own, so
