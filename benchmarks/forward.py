@@ -1,6 +1,7 @@
 """Forward-pass benchmark: convcli (numpy im2col + BLAS) beside PyTorch CPU.
 
     python3 benchmarks/forward.py [--repeat 5] [--case alexnet-conv1 ...] [--json]
+    python3 benchmarks/forward.py --command [--repeat 5]   # `convcli run` as users run it
 
 Time: both frameworks in one fresh process per case, passes interleaved (so both see
 the same machine load), after one warm-up pass each: the best of ``--repeat`` passes
@@ -63,6 +64,12 @@ KERAS_CASES: dict[str, tuple[str, int]] = {
     "mobilenetv2": ("MobileNetV2", 8),
 }
 
+SETTLE_SECONDS = 0.25
+"""Pause before each timed pass: the other framework's idle threads (PyTorch's OpenMP
+threads, OpenBLAS's) keep spinning on the cores for a while after a pass, which slowed
+the pass that followed them by 10-30 % in an interleaved run; a command starts with quiet
+cores."""
+
 COMMAND_CASES: dict[str, tuple[int, float]] = {
     # `convcli run` as users run it: name: (images, target ratio to PyTorch's compute)
     "alexnet-convs": (48, 1.0),
@@ -97,8 +104,8 @@ def _reset_peak() -> bool:
 def _convcli_forward(model: Any, params: dict[str, Any]) -> Any:
     from convcli import forward
 
-    def fn(x: Any) -> Any:
-        return forward.run(model, x, params)
+    def fn(x: Any) -> Any:  # as `convcli run` computes it: a large batch in two halves on two threads
+        return forward.run_batches(model, x, params, batch_size=len(x))
 
     return fn
 
@@ -310,6 +317,7 @@ def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out
         order = frameworks if round_ % 2 == 0 else frameworks[::-1]
         for name in order:
             _, fn, x = setups[name]
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             fn(x)
             times[name].append(time.perf_counter() - start)
@@ -370,6 +378,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         mode, case, *rest = args.worker
+        if args.threads == 1 and hasattr(os, "sched_setaffinity"):  # one CPU: convcli's halves too
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         if mode == "memory":
             print(json.dumps(memory_worker(case, rest[0], args.threads)))
         elif mode == "pass":
