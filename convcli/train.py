@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from convcli import layers as L
-from convcli import losses, optim
+from convcli import losses, optim, threads
 from convcli.errors import InputError, ModelError, WeightsError
 from convcli.layers.base import Context
 from convcli.threads import blas_threads
@@ -289,22 +290,53 @@ def fit(
     dropout_rng = np.random.default_rng([seed, 2])
     n = len(x)
     history: list[EpochStats] = []
-    # one BLAS thread: measured faster for every model tried, small and CIFAR-sized (see blas_threads)
-    with blas_threads(1):
+    # one BLAS thread: measured faster for every model tried, small and CIFAR-sized (see
+    # blas_threads); the second core takes half of each large batch (see _step_halves)
+    with blas_threads(1), ThreadPoolExecutor(max_workers=1) as pool:
+        halves = _halves_worth_it(model, min(batch_size, n))
         for epoch in range(1, epochs + 1):
             history.append(_epoch(model, params, x, y, loss, batch_size, optimizer, keys, epoch,
                                   order_rng.permutation(n) if shuffle else np.arange(n), dropout_rng,
-                                  validation, on_batch))
+                                  validation, on_batch, pool if halves else None))
             if on_epoch is not None:
                 on_epoch(history[-1], params)
     return history
 
 
+def _halves_worth_it(model: L.Model, batch_size: int) -> bool:
+    """True when a training batch is computed as two halves on two threads: two cores, a
+    half batch big enough (:data:`convcli.forward.SPLIT_MACS`), and no layer whose training
+    forward couples the samples (batch norm's batch statistics) or draws random numbers
+    (dropout's masks, which must not depend on the machine's cores)."""
+    from convcli.forward import SPLIT_MACS
+
+    nodes = model.nodes()
+    if threads.cores() < 2 or any(isinstance(node.layer, (L.BatchNormalization, L.Dropout)) for node in nodes):
+        return False
+    return sum(node.layer.macs(*node.input_shapes) for node in nodes) * (batch_size // 2) >= SPLIT_MACS
+
+
+def _step_halves(model: L.Model, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, loss: str,
+                 pool: ThreadPoolExecutor) -> tuple[float, Params, dict[str, np.ndarray], np.ndarray]:
+    """:func:`_step` on the two halves of the batch at once (the second on ``pool``'s
+    thread): the loss is a mean over samples, so the batch's loss and gradients are the
+    halves' weighted by their sizes."""
+    half = len(x) // 2
+    other = pool.submit(_step, model, params, x[half:], y[half:], loss, None)
+    value_1, grads_1, _, p_1 = _step(model, params, x[:half], y[:half], loss, None)
+    value_2, grads_2, _, p_2 = other.result()
+    w_1, w_2 = half / len(x), (len(x) - half) / len(x)
+    grads = {key: grads_1[key] * grads_1[key].dtype.type(w_1) + grads_2[key] * grads_2[key].dtype.type(w_2)
+             for key in grads_1}
+    return value_1 * w_1 + value_2 * w_2, grads, {}, np.concatenate([p_1, p_2])
+
+
 def _epoch(model: L.Model, params: Params, x: np.ndarray, y: np.ndarray, loss: str, batch_size: int,
            optimizer: optim.Optimizer, keys: list[str], epoch: int, order: np.ndarray,
            dropout_rng: np.random.Generator, validation: tuple[np.ndarray, np.ndarray] | None,
-           on_batch: Callable[[int, int], None] | None) -> EpochStats:
-    """One pass over ``x`` in the given order, one optimizer step per batch."""
+           on_batch: Callable[[int, int], None] | None, pool: ThreadPoolExecutor | None = None) -> EpochStats:
+    """One pass over ``x`` in the given order, one optimizer step per batch (each batch of
+    two or more samples in two halves on ``pool`` and here when one is given)."""
     n = len(x)
     batches = math.ceil(n / batch_size)
     started = time.perf_counter()
@@ -312,7 +344,10 @@ def _epoch(model: L.Model, params: Params, x: np.ndarray, y: np.ndarray, loss: s
     for b in range(batches):
         index = order[b * batch_size:(b + 1) * batch_size]
         xb, yb = x[index], y[index]
-        value, grads, updates, p = _step(model, params, xb, yb, loss, dropout_rng)
+        if pool is not None and len(index) >= 2:
+            value, grads, updates, p = _step_halves(model, params, xb, yb, loss, pool)
+        else:
+            value, grads, updates, p = _step(model, params, xb, yb, loss, dropout_rng)
         trainable = {key: params[key] for key in keys}
         optimizer.step(trainable, grads)
         for key, array in updates.items():

@@ -278,3 +278,51 @@ def test_check_gradients_finds_a_wrong_backward(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(Dense, "backward", doubled)
     checks = {c.layer: c.worst for c in train.check_gradients(parse_arrow(CHECKED), seed=1)}
     assert checks["fc1"] > 0.3 and checks["conv1"] < 1e-2
+
+
+HALVES = "INPUT(10,10,2) => CONV(4,3,pad=same) => RELU => POOL(2) => CONV(5,2) => TANH => FLATTEN => FC(3) => SOFTMAX"
+
+
+@pytest.mark.parametrize("batch", [2, 7])
+def test_a_batch_in_two_halves_gives_the_whole_batchs_loss_and_gradients(batch: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = parse_arrow(HALVES)
+    params = forward.init_params(model, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.random((batch, 10, 10, 2), dtype=np.float32)
+    y = train.encode_targets(rng.integers(0, 3, batch), model.output_shape())
+    value, grads = train.loss_and_gradients(model, params, x, y, "categorical-crossentropy")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        halves_value, halves_grads, updates, p = train._step_halves(model, params, x, y, "categorical-crossentropy", pool)
+    assert halves_value == pytest.approx(value, rel=1e-6) and updates == {}
+    np.testing.assert_allclose(p, forward.run(model, x, params), rtol=1e-5, atol=1e-7)
+    assert set(halves_grads) == set(grads)
+    for key, g in grads.items():
+        np.testing.assert_allclose(halves_grads[key], g, rtol=1e-4, atol=1e-7 * float(np.abs(g).max() + 1))
+
+
+def test_training_in_halves_follows_the_same_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two epochs of SGD with every batch in two halves on two threads end at the weights of
+    the same training computed batch by batch; models whose samples interact in training
+    (batch norm) or that draw random numbers (dropout) are never split."""
+    model = parse_arrow(HALVES)
+    rng = np.random.default_rng(5)
+    x = rng.random((20, 10, 10, 2), dtype=np.float32)
+    y = train.encode_targets(rng.integers(0, 3, 20), model.output_shape())
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    ends = {}
+    for split in (False, True):
+        monkeypatch.setattr(forward, "SPLIT_MACS", 0 if split else 10**18)
+        assert train._halves_worth_it(model, 8) == split
+        params = forward.init_params(model, seed=6)
+        train.fit(model, params, x, y, loss="categorical-crossentropy", epochs=2, batch_size=8,
+                  optimizer=optim.make_optimizer("sgd", 0.1), seed=1)
+        ends[split] = params
+    for key in ends[False]:
+        np.testing.assert_allclose(ends[True][key], ends[False][key], rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(forward, "SPLIT_MACS", 0)
+    assert not train._halves_worth_it(parse_arrow("INPUT(4,4,1) => CONV(2,3) => BN => FLATTEN => FC(2)"), 8)
+    assert not train._halves_worth_it(parse_arrow("INPUT(4,4,1) => CONV(2,3) => DO(0.5) => FLATTEN => FC(2)"), 8)
+    monkeypatch.setattr(threads, "cores", lambda: 1)
+    assert not train._halves_worth_it(model, 8)
