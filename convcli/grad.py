@@ -980,18 +980,7 @@ def grouped_conv2d_backward(
     dtype = _dtype(x, kernel, grad)
     x = _array(x, dtype, 4, "grouped_conv2d_backward")
     kernel = _array(kernel, dtype, None, "grouped_conv2d_backward")
-    c = x.shape[3]
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
-        raise ShapeError(
-            f"grouped_conv2d_backward: `groups` must be a positive divisor of the input depth {c}. "
-            f"Received: groups={groups}"
-        )
-    cg = c // groups
-    if kernel.ndim != 4 or kernel.shape[2] != cg or kernel.shape[3] % groups:
-        raise ShapeError(
-            f"grouped_conv2d_backward: with groups={groups} the kernel must be (F_h, F_w, {cg}, K) with K a "
-            f"multiple of {groups}. Received: kernel shape {kernel.shape}"
-        )
+    cg = ops._group_depth(x, kernel, groups, "grouped_conv2d_backward")
     fh, fw, _, k = kernel.shape
     kg = k // groups
     if cg == 1:

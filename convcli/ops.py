@@ -814,6 +814,26 @@ def conv2d(
     return out
 
 
+def _group_depth(x: np.ndarray, kernel: np.ndarray, groups: int, what: str) -> int:
+    """The input depth of each group of a grouped convolution (of its forward and backward).
+
+    Raises:
+        ShapeError: ``groups`` does not divide the input depth, or the kernel does not fit it.
+    """
+    c = x.shape[3]
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
+        raise ShapeError(
+            f"{what}: `groups` must be a positive divisor of the input depth {c}. Received: groups={groups}"
+        )
+    cg = c // groups
+    if kernel.ndim != 4 or kernel.shape[2] != cg or kernel.shape[3] % groups:
+        raise ShapeError(
+            f"{what}: with groups={groups} the kernel must be (F_h, F_w, {cg}, K) with K a multiple of "
+            f"{groups}. Received: kernel shape {kernel.shape}"
+        )
+    return cg
+
+
 def _grouped_conv2d(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, strides: int | Pair, padding: Padding,
     dilation: int | Pair, activation: str | None, alpha: float | None, chunk_bytes: int | None, groups: int,
@@ -822,17 +842,7 @@ def _grouped_conv2d(
     """:func:`conv2d` with ``groups`` > 1: one im2col product per group (a Python loop
     over the groups, never over positions), or the depthwise kernel when each group has
     one input channel."""
-    c = x.shape[3]
-    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
-        raise ShapeError(
-            f"conv2d: `groups` must be a positive divisor of the input depth {c}. Received: groups={groups}"
-        )
-    cg = c // groups
-    if kernel.ndim != 4 or kernel.shape[2] != cg or kernel.shape[3] % groups:
-        raise ShapeError(
-            f"conv2d: with groups={groups} the kernel must be (F_h, F_w, {cg}, K) with K a multiple of "
-            f"{groups}. Received: kernel shape {kernel.shape}"
-        )
+    cg = _group_depth(x, kernel, groups, "conv2d")
     fh, fw, _, k = kernel.shape
     if cg == 1:
         # Output channel c*m + j of group c is the depthwise layout (F_h, F_w, C, m).
