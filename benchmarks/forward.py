@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _memory import reset_peak, status  # benchmarks/_memory.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CASES: dict[str, tuple[str, int]] = {
@@ -81,24 +83,6 @@ TARGETS = {"alexnet-conv1": 1.5, "alexnet-convs": 1.3, "vgg16-blocks12": 1.3, "l
 
 
 # ----------------------------------------------------------------------------- in the worker
-
-
-def _status(field: str) -> int:
-    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _convcli_forward(model: Any, params: dict[str, Any]) -> Any:
@@ -293,10 +277,10 @@ def memory_worker(case: str, framework: str, threads: int) -> dict[str, Any]:
     _, fn, x = _setup(case, framework, threads)
     out = fn(x)  # warm-up: one-time buffers (BLAS workspaces, ...) join the baseline
     del out
-    exact = _reset_peak()
-    before = _status("VmRSS")
+    exact = reset_peak()
+    before = status("VmRSS")
     fn(x)
-    return {"peak_bytes": _status("VmHWM") - before, "peak_exact": exact}
+    return {"peak_bytes": status("VmHWM") - before, "peak_exact": exact}
 
 
 def time_worker(case: str, frameworks: list[str], repeat: int, threads: int, out_dir: str,

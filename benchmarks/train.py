@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _memory import reset_peak, status  # benchmarks/_memory.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CIFAR = ("INPUT(32,32,3) => CONV(32,3,pad=same) => RELU => CONV(32,3,pad=same) => RELU => POOL(2)"
@@ -50,22 +52,6 @@ TARGET_TIME, TARGET_MEMORY = 1.5, 2.0
 
 
 # ----------------------------------------------------------------------------- in the worker
-
-
-def _status(field: str) -> int:
-    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS, which is returned."""
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    return _status("VmRSS")
 
 
 def _peak() -> int:
@@ -99,10 +85,11 @@ def worker_convcli(case: str, epochs: int) -> dict[str, Any]:
     adam = optim.make_optimizer("adam", CASES[case]["lr"])
     warm = train.fit(model, params, x, y, loss="categorical-crossentropy", epochs=1,
                      batch_size=CASES[case]["batch"], optimizer=adam, seed=0)
-    before = _reset_peak()
+    reset_peak()
+    before = status("VmRSS")
     history = train.fit(model, params, x, y, loss="categorical-crossentropy", epochs=epochs,
                         batch_size=CASES[case]["batch"], optimizer=adam, seed=1)
-    return {"seconds": [s.seconds for s in history], "peak": _peak(), "growth": _status("VmHWM") - before,
+    return {"seconds": [s.seconds for s in history], "peak": _peak(), "growth": status("VmHWM") - before,
             "loss": history[-1].loss if history else warm[-1].loss}
 
 
@@ -137,7 +124,8 @@ def worker_torch(case: str, epochs: int, threads: int) -> dict[str, Any]:
     seconds, total, before = [], 0.0, 0
     for epoch in range(epochs + 1):
         if epoch == 1:  # after the warm-up epoch
-            before = _reset_peak()
+            reset_peak()
+            before = status("VmRSS")
         started = time.perf_counter()
         order = torch.randperm(len(inputs), generator=generator)
         total = 0.0
@@ -149,7 +137,7 @@ def worker_torch(case: str, epochs: int, threads: int) -> dict[str, Any]:
             opt.step()
             total += loss.item() * len(index)
         seconds.append(time.perf_counter() - started)
-    return {"seconds": seconds[1:], "peak": _peak(), "growth": _status("VmHWM") - before,
+    return {"seconds": seconds[1:], "peak": _peak(), "growth": status("VmHWM") - before,
             "loss": total / len(inputs)}
 
 
