@@ -405,11 +405,7 @@ class Conv2DTranspose(Layer):
     def __post_init__(self) -> None:
         check_positive(self.name, filters=self.filters, kernel_size=self.kernel_size,
                        strides=self.strides, dilation=self.dilation)
-        if self.padding not in ("valid", "same"):
-            raise ModelError(
-                f"layer '{self.name}': unknown value for `padding`. Allowed values are: valid, same. "
-                f"Received: padding={self.padding!r}"
-            )
+        check_same_or_valid(self.name, self.padding)
 
     @classmethod
     def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
@@ -580,6 +576,14 @@ def check_positive(name: str, **values: int | tuple[int, ...]) -> None:
             raise ModelError(
                 f"layer '{name}': `{key}` must be a positive integer. Received: {key}={value!r}"
             )
+
+
+def check_same_or_valid(name: str, padding: object) -> None:
+    """ModelError naming the layer unless ``padding`` is "valid" or "same" (pooling, transposed conv)."""
+    if padding not in ("valid", "same"):
+        raise ModelError(
+            f"layer '{name}': unknown value for `padding`. Allowed values are: valid, same. Received: padding={padding!r}"
+        )
 
 
 def check_padding(name: str, padding: object) -> None:

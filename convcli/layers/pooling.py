@@ -26,7 +26,7 @@ from convcli.layers.base import (
     spatial_input,
     window_length,
 )
-from convcli.layers.conv import check_positive
+from convcli.layers.conv import check_positive, check_same_or_valid
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -57,11 +57,7 @@ class _Pooling2D(Layer):
         if self.strides is None:
             object.__setattr__(self, "strides", self.pool_size)
         check_positive(self.name, pool_size=self.pool_size, strides=self._strides)
-        if self.padding not in ("valid", "same"):
-            raise ModelError(
-                f"layer '{self.name}': unknown value for `padding`. Allowed values are: valid, same. "
-                f"Received: padding={self.padding!r}"
-            )
+        check_same_or_valid(self.name, self.padding)
 
     @classmethod
     def from_args(cls, name: str, args: dict[str, Value], token: str) -> Layer:
