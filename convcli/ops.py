@@ -601,19 +601,16 @@ def _finish(
     ``observe`` before and after the activation."""
     if bias is not None:
         block += bias
-    # what the observer sees: one row per position (a copy only for a strided block)
-    rows = block.reshape(-1, channels or block.shape[-1]) if observe is not None else block
+    width = channels or block.shape[-1]  # the observer sees one row per position
     if activation is not None and activation != "linear":
         if activation == "glu":
             raise ModelError("glu halves the channels, so it cannot be fused into a layer: apply it on its own")
         if observe is not None:
-            observe.before_activation(rows)
+            observe.before_activation(block.reshape(-1, width))
         target = block if channels is None else block.reshape(-1, channels)
         activate(target, activation, alpha, inplace=True)
-        if observe is not None and not np.may_share_memory(rows, block):
-            rows = block.reshape(-1, rows.shape[1])
     if observe is not None:
-        observe.finished(rows)
+        observe.finished(block.reshape(-1, width))
 
 
 # --------------------------------------------------------------------------------------
